@@ -9,3 +9,6 @@
 #![warn(missing_docs)]
 
 pub mod parse;
+pub mod scout;
+pub mod secret;
+pub mod snapshot;

@@ -1,0 +1,493 @@
+//! The data served: one immutable [`Snapshot`] per organization, and the
+//! [`Store`] that holds the current one of each.
+//!
+//! A snapshot is built in one piece from a parsed payload and replaced in
+//! one piece after the next good refresh; nothing in it is changed in place.
+//! Readers (instrument callbacks, `/readyz`, `check`) take the current
+//! snapshot without locking and without waiting for a refresh in progress.
+//! A failed refresh never touches the snapshot; it only updates the
+//! organization's status and error counts.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use hashbrown::HashSet;
+use opentelemetry::{Key, KeyValue, Value};
+
+use crate::parse::{Exposition, Label, MetricKind};
+use crate::scout::Reason;
+
+/// The label every series carries: the Docker organization.
+pub const ORG_LABEL: &str = "org";
+
+/// What a Scout label named `org` is renamed to, so it cannot hide ours.
+pub const EXPORTED_ORG_LABEL: &str = "exported_org";
+
+/// A family Scout documents, with the description and unit we give it.
+#[derive(Clone, Copy, Debug)]
+pub struct KnownFamily {
+    /// The name in Scout's payload and in Prometheus.
+    pub prometheus_name: &'static str,
+    /// The description of the instrument.
+    pub description: &'static str,
+    /// The OpenTelemetry unit; an annotation, so Prometheus names keep no
+    /// unit suffix.
+    pub unit: &'static str,
+}
+
+/// The three gauges Docker documents for the metrics endpoint.
+pub const KNOWN_FAMILIES: [KnownFamily; 3] = [
+    KnownFamily {
+        prometheus_name: "scout_stream_vulnerabilities",
+        description: "Vulnerabilities in a stream, by severity.",
+        unit: "{vulnerability}",
+    },
+    KnownFamily {
+        prometheus_name: "scout_policy_compliant_images",
+        description: "Compliant images for a policy in a stream.",
+        unit: "{image}",
+    },
+    KnownFamily {
+        prometheus_name: "scout_policy_evaluated_images",
+        description: "Total images evaluated against a policy in a stream.",
+        unit: "{image}",
+    },
+];
+
+/// The derived family: compliant over evaluated images, per policy/stream.
+pub const COMPLIANCE_RATIO: &str = "scout.policy.compliance";
+
+/// The OpenTelemetry name for a Scout family: underscores become dots, and a
+/// colon (allowed in Prometheus names, not in instrument names) becomes an
+/// underscore. The Prometheus exporter turns dots back into underscores, so
+/// users see Scout's own name.
+pub fn otel_name(prometheus_name: &str) -> String {
+    prometheus_name.replace(':', "_").replace('_', ".")
+}
+
+/// Whether a passed-through family would collide with one of our own
+/// instruments.
+fn is_reserved(otel: &str) -> bool {
+    otel == COMPLIANCE_RATIO || otel.starts_with("scout.exporter.")
+}
+
+/// One series of a family: its attributes (`org` first) and value.
+#[derive(Clone, Debug)]
+pub struct Series {
+    /// `org` followed by Scout's labels, keys unchanged.
+    pub attributes: Box<[KeyValue]>,
+    /// The value Scout gave (or, for the ratio, computed from it).
+    pub value: f64,
+}
+
+/// One family as exported.
+#[derive(Clone, Debug)]
+pub struct ExportedFamily {
+    /// Instrument name (`scout.stream.vulnerabilities`).
+    pub otel_name: Arc<str>,
+    /// The name in Scout's payload (`scout_stream_vulnerabilities`).
+    pub prometheus_name: Arc<str>,
+    /// Scout's HELP text, if any.
+    pub help: Option<String>,
+    /// The series, in payload order.
+    pub series: Vec<Series>,
+}
+
+/// What building a snapshot left out, and why; logged by the refresh.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Skipped {
+    /// Series whose value was NaN or infinite, which OpenTelemetry drops.
+    pub non_finite: usize,
+    /// Repeated series; the first one counts, as in Prometheus.
+    pub duplicates: usize,
+    /// `scout_*` families of a type other than gauge or untyped.
+    pub unsupported_families: Vec<String>,
+    /// `scout_*` families whose name is one of our own.
+    pub reserved_families: Vec<String>,
+    /// Families outside the `scout_` namespace.
+    pub foreign_families: usize,
+}
+
+/// One organization's data as of one good refresh.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The organization.
+    pub org: Arc<str>,
+    /// When the payload was received.
+    pub fetched_at: SystemTime,
+    /// Families, Scout's order, then the compliance ratio.
+    pub families: Vec<ExportedFamily>,
+    /// What was left out.
+    pub skipped: Skipped,
+}
+
+impl Snapshot {
+    /// Builds a snapshot from a parsed payload.
+    pub fn build(org: &str, exposition: &Exposition, fetched_at: SystemTime) -> Snapshot {
+        let org: Arc<str> = Arc::from(org);
+        let org_attr = KeyValue::new(ORG_LABEL, Value::String(org.clone().into()));
+        let mut skipped = Skipped::default();
+        let mut families: Vec<ExportedFamily> = Vec::new();
+
+        for family in &exposition.families {
+            if !family.name.starts_with("scout_") {
+                skipped.foreign_families += 1;
+                continue;
+            }
+            if !matches!(family.kind, MetricKind::Gauge | MetricKind::Unknown) {
+                skipped.unsupported_families.push(format!(
+                    "{} ({})",
+                    family.name,
+                    family.kind.as_str()
+                ));
+                continue;
+            }
+            let otel = otel_name(&family.name);
+            if is_reserved(&otel) {
+                skipped.reserved_families.push(family.name.clone());
+                continue;
+            }
+            let mut seen: HashSet<&[Label]> = HashSet::with_capacity(family.samples.len());
+            let mut series = Vec::with_capacity(family.samples.len());
+            for sample in &family.samples {
+                if !seen.insert(&sample.labels) {
+                    skipped.duplicates += 1;
+                    continue;
+                }
+                if !sample.value.is_finite() {
+                    skipped.non_finite += 1;
+                    continue;
+                }
+                let mut attributes = Vec::with_capacity(sample.labels.len() + 1);
+                attributes.push(org_attr.clone());
+                for label in sample.labels.iter() {
+                    let key: Key = if &*label.name == ORG_LABEL {
+                        Key::from_static_str(EXPORTED_ORG_LABEL)
+                    } else {
+                        Key::from(label.name.clone())
+                    };
+                    attributes.push(KeyValue::new(key, Value::String(label.value.clone().into())));
+                }
+                series.push(Series {
+                    attributes: attributes.into_boxed_slice(),
+                    value: sample.value,
+                });
+            }
+            families.push(ExportedFamily {
+                otel_name: Arc::from(otel),
+                prometheus_name: Arc::from(family.name.as_str()),
+                help: family.help.clone(),
+                series,
+            });
+        }
+
+        if let Some(ratio) = compliance_ratio(exposition, &org_attr) {
+            families.push(ratio);
+        }
+        Snapshot { org, fetched_at, families, skipped }
+    }
+
+    /// The family with this instrument name, if the payload had it.
+    pub fn family(&self, otel_name: &str) -> Option<&ExportedFamily> {
+        self.families.iter().find(|f| &*f.otel_name == otel_name)
+    }
+
+    /// Number of series over all families.
+    pub fn series_count(&self) -> usize {
+        self.families.iter().map(|f| f.series.len()).sum()
+    }
+
+    /// Age of the data at `now`.
+    pub fn age(&self, now: SystemTime) -> Duration {
+        now.duration_since(self.fetched_at).unwrap_or(Duration::ZERO)
+    }
+
+    /// Distinct values of one label over every family.
+    pub fn label_values(&self, key: &str) -> BTreeSet<String> {
+        self.families
+            .iter()
+            .flat_map(|f| f.series.iter())
+            .flat_map(|s| s.attributes.iter())
+            .filter(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.as_str().into_owned())
+            .collect()
+    }
+}
+
+/// Compliant over evaluated images for each policy and stream present in
+/// both families with a positive evaluated count.
+fn compliance_ratio(exposition: &Exposition, org_attr: &KeyValue) -> Option<ExportedFamily> {
+    let find = |name: &str| {
+        exposition
+            .families
+            .iter()
+            .find(|f| f.name == name && matches!(f.kind, MetricKind::Gauge | MetricKind::Unknown))
+    };
+    let compliant = find("scout_policy_compliant_images")?;
+    let evaluated = find("scout_policy_evaluated_images")?;
+    let mut evaluated_by: hashbrown::HashMap<&[Label], f64> =
+        hashbrown::HashMap::with_capacity(evaluated.samples.len());
+    for s in &evaluated.samples {
+        evaluated_by.entry(&s.labels).or_insert(s.value);
+    }
+    let mut seen: HashSet<&[Label]> = HashSet::new();
+    let mut series = Vec::new();
+    for s in &compliant.samples {
+        if !seen.insert(&s.labels) {
+            continue;
+        }
+        let Some(&total) = evaluated_by.get(&*s.labels) else { continue };
+        if !(total > 0.0) || !s.value.is_finite() || !total.is_finite() {
+            continue;
+        }
+        let mut attributes = Vec::with_capacity(s.labels.len() + 1);
+        attributes.push(org_attr.clone());
+        for label in s.labels.iter() {
+            attributes.push(KeyValue::new(
+                Key::from(label.name.clone()),
+                Value::String(label.value.clone().into()),
+            ));
+        }
+        series.push(Series {
+            attributes: attributes.into_boxed_slice(),
+            value: (s.value / total).clamp(0.0, 1.0),
+        });
+    }
+    Some(ExportedFamily {
+        otel_name: Arc::from(COMPLIANCE_RATIO),
+        prometheus_name: Arc::from("scout_policy_compliance_ratio"),
+        help: None,
+        series,
+    })
+}
+
+/// One organization's current snapshot and status.
+#[derive(Debug)]
+pub struct OrgState {
+    name: Arc<str>,
+    org_attr: KeyValue,
+    snapshot: ArcSwapOption<Snapshot>,
+    up: AtomicBool,
+    last_error: ArcSwap<Option<String>>,
+    errors: [AtomicU64; Reason::ALL.len()],
+    attempts: AtomicU64,
+}
+
+impl OrgState {
+    fn new(name: &str) -> OrgState {
+        let name: Arc<str> = Arc::from(name);
+        OrgState {
+            org_attr: KeyValue::new(ORG_LABEL, Value::String(name.clone().into())),
+            name,
+            snapshot: ArcSwapOption::empty(),
+            up: AtomicBool::new(false),
+            last_error: ArcSwap::from_pointee(Some("no refresh has completed yet".to_string())),
+            errors: Default::default(),
+            attempts: AtomicU64::new(0),
+        }
+    }
+
+    /// The organization.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `org=<name>`, ready to attach to a self-metric.
+    pub fn org_attribute(&self) -> &KeyValue {
+        &self.org_attr
+    }
+
+    /// The last good snapshot, if any.
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.snapshot.load_full()
+    }
+
+    /// Whether the last refresh succeeded.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// Why the last refresh failed, while it is failing.
+    pub fn last_error(&self) -> Option<String> {
+        (**self.last_error.load()).clone()
+    }
+
+    /// Failed refreshes so far for one reason.
+    pub fn errors(&self, reason: Reason) -> u64 {
+        self.errors[reason.index()].load(Ordering::Relaxed)
+    }
+
+    /// Refreshes attempted so far.
+    pub fn attempts(&self) -> u64 {
+        self.attempts.load(Ordering::Relaxed)
+    }
+}
+
+/// The current state of every configured organization.
+#[derive(Debug)]
+pub struct Store {
+    orgs: Box<[OrgState]>,
+    generation: AtomicU64,
+}
+
+impl Store {
+    /// A store for these organizations, none of them with data yet.
+    pub fn new<S: AsRef<str>>(orgs: &[S]) -> Store {
+        Store {
+            orgs: orgs.iter().map(|o| OrgState::new(o.as_ref())).collect(),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// Every organization, in configuration order.
+    pub fn orgs(&self) -> &[OrgState] {
+        &self.orgs
+    }
+
+    /// One organization by index.
+    pub fn org(&self, index: usize) -> &OrgState {
+        &self.orgs[index]
+    }
+
+    /// Bumped whenever any snapshot or status changes; the `/metrics` cache
+    /// compares it.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Replaces an organization's snapshot after a good refresh.
+    pub fn publish(&self, index: usize, snapshot: Snapshot) {
+        let org = &self.orgs[index];
+        org.snapshot.store(Some(Arc::new(snapshot)));
+        org.up.store(true, Ordering::Release);
+        org.last_error.store(Arc::new(None));
+        org.attempts.fetch_add(1, Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Records a failed refresh; the snapshot stays.
+    pub fn record_failure(&self, index: usize, reason: Reason, detail: &str) {
+        let org = &self.orgs[index];
+        org.errors[reason.index()].fetch_add(1, Ordering::Relaxed);
+        org.up.store(false, Ordering::Release);
+        org.last_error.store(Arc::new(Some(format!("{reason}: {detail}"))));
+        org.attempts.fetch_add(1, Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Organizations without a good snapshot, with the reason, for
+    /// `/readyz`. Empty when every organization has data.
+    pub fn not_ready(&self) -> Vec<String> {
+        self.orgs
+            .iter()
+            .filter(|o| o.snapshot.load().is_none())
+            .map(|o| format!("{}: {}", o.name, o.last_error().unwrap_or_default()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::{Format, Limits, parse};
+
+    fn snapshot(body: &str) -> Snapshot {
+        let e = parse(body.as_bytes(), Format::Prometheus, &Limits::default()).unwrap();
+        Snapshot::build("acme", &e, SystemTime::now())
+    }
+
+    fn attrs(s: &Series) -> Vec<(String, String)> {
+        s.attributes.iter().map(|kv| (kv.key.to_string(), kv.value.as_str().into_owned())).collect()
+    }
+
+    #[test]
+    fn series_carry_org_then_scout_labels_unchanged() {
+        let snap = snapshot(
+            "# TYPE scout_stream_vulnerabilities gauge\n\
+             scout_stream_vulnerabilities{streamName=\"prod\",severity=\"HIGH\"} 4\n",
+        );
+        let fam = snap.family("scout.stream.vulnerabilities").unwrap();
+        assert_eq!(&*fam.prometheus_name, "scout_stream_vulnerabilities");
+        assert_eq!(
+            attrs(&fam.series[0]),
+            vec![
+                ("org".into(), "acme".into()),
+                ("streamName".into(), "prod".into()),
+                ("severity".into(), "HIGH".into())
+            ]
+        );
+        assert_eq!(fam.series[0].value, 4.0);
+    }
+
+    #[test]
+    fn ratio_is_compliant_over_evaluated_and_absent_at_zero() {
+        let snap = snapshot(
+            "scout_policy_compliant_images{id=\"p1\",displayName=\"P\",streamName=\"a\"} 3\n\
+             scout_policy_compliant_images{id=\"p1\",displayName=\"P\",streamName=\"b\"} 0\n\
+             scout_policy_evaluated_images{id=\"p1\",displayName=\"P\",streamName=\"a\"} 4\n\
+             scout_policy_evaluated_images{id=\"p1\",displayName=\"P\",streamName=\"b\"} 0\n",
+        );
+        let ratio = snap.family(COMPLIANCE_RATIO).unwrap();
+        assert_eq!(ratio.series.len(), 1);
+        assert_eq!(ratio.series[0].value, 0.75);
+        assert_eq!(attrs(&ratio.series[0])[3], ("streamName".into(), "a".into()));
+    }
+
+    #[test]
+    fn unknown_scout_gauges_pass_through_and_others_are_left_out() {
+        let snap = snapshot(
+            "# TYPE scout_new_thing gauge\nscout_new_thing{k=\"v\"} 1\n\
+             scout_untyped 2\n\
+             # TYPE scout_requests counter\nscout_requests 3\n\
+             go_goroutines 7\n\
+             scout_exporter_up 1\n",
+        );
+        assert!(snap.family("scout.new.thing").is_some());
+        assert!(snap.family("scout.untyped").is_some());
+        assert!(snap.family("scout.requests").is_none());
+        assert_eq!(snap.skipped.unsupported_families, vec!["scout_requests (counter)"]);
+        assert_eq!(snap.skipped.reserved_families, vec!["scout_exporter_up"]);
+        assert_eq!(snap.skipped.foreign_families, 1);
+    }
+
+    #[test]
+    fn duplicates_keep_the_first_and_non_finite_values_are_counted() {
+        let snap = snapshot("scout_x{a=\"1\"} 1\nscout_x{a=\"1\"} 2\nscout_x{a=\"2\"} NaN\n");
+        let fam = snap.family("scout.x").unwrap();
+        assert_eq!(fam.series.len(), 1);
+        assert_eq!(fam.series[0].value, 1.0);
+        assert_eq!(snap.skipped.duplicates, 1);
+        assert_eq!(snap.skipped.non_finite, 1);
+    }
+
+    #[test]
+    fn a_scout_label_named_org_cannot_hide_ours() {
+        let snap = snapshot("scout_x{org=\"other\"} 1\n");
+        let a = attrs(&snap.family("scout.x").unwrap().series[0]);
+        assert_eq!(a, vec![("org".into(), "acme".into()), ("exported_org".into(), "other".into())]);
+    }
+
+    #[test]
+    fn failure_keeps_the_snapshot_and_counts_the_reason() {
+        let store = Store::new(&["acme"]);
+        assert_eq!(store.not_ready().len(), 1);
+        store.publish(0, snapshot("scout_x 1\n"));
+        let g = store.generation();
+        store.record_failure(0, Reason::Unauthorized, "HTTP 401");
+        let org = store.org(0);
+        assert!(!org.is_up());
+        assert!(org.snapshot().is_some());
+        assert_eq!(org.errors(Reason::Unauthorized), 1);
+        assert!(store.generation() > g);
+        assert!(store.not_ready().is_empty());
+    }
+
+    #[test]
+    fn otel_names_are_dotted() {
+        assert_eq!(otel_name("scout_stream_vulnerabilities"), "scout.stream.vulnerabilities");
+        assert_eq!(otel_name("scout_a:b"), "scout.a.b");
+    }
+}
