@@ -240,7 +240,7 @@ fn compliance_ratio(exposition: &Exposition, org_attr: &KeyValue) -> Option<Expo
             continue;
         }
         let Some(&total) = evaluated_by.get(&*s.labels) else { continue };
-        if !(total > 0.0) || !s.value.is_finite() || !total.is_finite() {
+        if !total.is_finite() || total <= 0.0 || !s.value.is_finite() {
             continue;
         }
         let mut attributes = Vec::with_capacity(s.labels.len() + 1);
