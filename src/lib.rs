@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod parse;
 pub mod scout;
 pub mod secret;
