@@ -349,30 +349,46 @@ pub struct Config {
 impl Config {
     /// Resolves flags, environment and config file into one configuration.
     pub fn resolve(cli: Cli, env: &dyn Env) -> Result<Config, ConfigError> {
-        let config_path = cli.config.clone().or_else(|| env.get("SCOUT_EXPORTER_CONFIG").map(PathBuf::from));
+        let config_path =
+            cli.config.clone().or_else(|| env.get("SCOUT_EXPORTER_CONFIG").map(PathBuf::from));
         let file = match &config_path {
             Some(path) => load_file(path)?,
             None => FileConfig::default(),
         };
 
         // flag > env > file, for a string setting.
-        let pick = |flag: Option<String>, var: &str, file: Option<String>| -> Option<(String, String)> {
-            flag.map(|v| (v, String::new()))
-                .or_else(|| env.get(var).map(|v| (v, var.to_string())))
-                .or_else(|| file.map(|v| (v, String::new())))
-        };
+        let pick =
+            |flag: Option<String>, var: &str, file: Option<String>| -> Option<(String, String)> {
+                flag.map(|v| (v, String::new()))
+                    .or_else(|| env.get(var).map(|v| (v, var.to_string())))
+                    .or_else(|| file.map(|v| (v, String::new())))
+            };
         let named = |flag: &str, var: &str, source: &str| -> String {
             if source.is_empty() { flag.to_string() } else { var.to_string() }
         };
 
-        let duration = |flag: Option<String>, flag_name: &str, var: &str, file: Option<String>, default: Duration| {
+        let duration = |flag: Option<String>,
+                        flag_name: &str,
+                        var: &str,
+                        file: Option<String>,
+                        default: Duration| {
             match pick(flag, var, file) {
                 None => Ok(default),
                 Some((text, source)) => parse_duration(&text)
-                    .ok_or_else(|| invalid(&named(flag_name, var, &source), &text, "a duration with a unit, e.g. 30s, 15m or 2h"))
+                    .ok_or_else(|| {
+                        invalid(
+                            &named(flag_name, var, &source),
+                            &text,
+                            "a duration with a unit, e.g. 30s, 15m or 2h",
+                        )
+                    })
                     .and_then(|d| {
                         if d.is_zero() {
-                            Err(invalid(&named(flag_name, var, &source), &text, "a duration above zero"))
+                            Err(invalid(
+                                &named(flag_name, var, &source),
+                                &text,
+                                "a duration above zero",
+                            ))
                         } else {
                             Ok(d)
                         }
@@ -401,12 +417,17 @@ impl Config {
             file.max_staleness.clone(),
             DEFAULT_MAX_STALENESS,
         )?;
-        let max_body_bytes = match pick(cli.max_body_size, "SCOUT_MAX_BODY_SIZE", file.max_body_size.clone()) {
-            None => DEFAULT_MAX_BODY_BYTES,
-            Some((text, source)) => parse_size(&text).filter(|n| *n > 0).ok_or_else(|| {
-                invalid(&named("--max-body-size", "SCOUT_MAX_BODY_SIZE", &source), &text, "a size such as 64MiB, 10MB or 1048576")
-            })?,
-        };
+        let max_body_bytes =
+            match pick(cli.max_body_size, "SCOUT_MAX_BODY_SIZE", file.max_body_size.clone()) {
+                None => DEFAULT_MAX_BODY_BYTES,
+                Some((text, source)) => parse_size(&text).filter(|n| *n > 0).ok_or_else(|| {
+                    invalid(
+                        &named("--max-body-size", "SCOUT_MAX_BODY_SIZE", &source),
+                        &text,
+                        "a size such as 64MiB, 10MB or 1048576",
+                    )
+                })?,
+            };
         let max_series_per_metric = match cli
             .max_series_per_metric
             .map(|n| (n.to_string(), String::new()))
@@ -414,9 +435,15 @@ impl Config {
             .or_else(|| file.max_series_per_metric.map(|n| (n.to_string(), String::new())))
         {
             None => DEFAULT_MAX_SERIES_PER_METRIC,
-            Some((text, source)) => text.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                invalid(&named("--max-series-per-metric", "SCOUT_MAX_SERIES", &source), &text, "a whole number above zero")
-            })?,
+            Some((text, source)) => {
+                text.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    invalid(
+                        &named("--max-series-per-metric", "SCOUT_MAX_SERIES", &source),
+                        &text,
+                        "a whole number above zero",
+                    )
+                })?
+            }
         };
 
         let allow_insecure_http = cli.allow_insecure_http
@@ -448,14 +475,21 @@ impl Config {
                 Url::parse(&text)
                     .ok()
                     .filter(|u| matches!(u.scheme(), "http" | "https" | "socks5" | "socks5h"))
-                    .ok_or_else(|| invalid(&named("--proxy", "SCOUT_PROXY", &source), &text, "a proxy URL such as http://proxy:3128"))?,
+                    .ok_or_else(|| {
+                        invalid(
+                            &named("--proxy", "SCOUT_PROXY", &source),
+                            &text,
+                            "a proxy URL such as http://proxy:3128",
+                        )
+                    })?,
             ),
         };
 
         let log_format = match cli.log_format {
             Some(f) => f,
             None => match env.get("SCOUT_LOG_FORMAT") {
-                Some(v) => LogFormat::from_str(&v, true).map_err(|_| invalid("SCOUT_LOG_FORMAT", &v, "text or json"))?,
+                Some(v) => LogFormat::from_str(&v, true)
+                    .map_err(|_| invalid("SCOUT_LOG_FORMAT", &v, "text or json"))?,
                 None => file.log_format.unwrap_or_default(),
             },
         };
@@ -512,7 +546,8 @@ fn resolve_orgs(
     } else {
         (file.organizations.iter().map(|o| o.name.clone()).collect(), "organizations")
     };
-    let names: Vec<String> = names.iter().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect();
+    let names: Vec<String> =
+        names.iter().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect();
 
     if demo {
         if !names.is_empty() {
@@ -532,34 +567,45 @@ fn resolve_orgs(
     let mut seen = std::collections::HashSet::new();
     for name in &names {
         if !is_valid_org(name) {
-            return Err(invalid(source, name, "a Docker organization namespace: lowercase letters, digits, `-` and `_`"));
+            return Err(invalid(
+                source,
+                name,
+                "a Docker organization namespace: lowercase letters, digits, `-` and `_`",
+            ));
         }
         if !seen.insert(name) {
-            return Err(ConfigError::Conflict(format!("{source}: organization `{name}` is listed twice")));
+            return Err(ConfigError::Conflict(format!(
+                "{source}: organization `{name}` is listed twice"
+            )));
         }
     }
 
     let env_token = env.get("DOCKER_SCOUT_API_KEY");
-    let global_file = flag_token_file
-        .map(|p| (p, "--token-file"))
-        .or_else(|| env.get("DOCKER_SCOUT_TOKEN_FILE").map(|p| (PathBuf::from(p), "DOCKER_SCOUT_TOKEN_FILE")));
-    let global = match (env_token, global_file) {
-        (Some(_), Some((_, file_setting))) => {
-            return Err(ConfigError::Conflict(format!(
-                "DOCKER_SCOUT_API_KEY and {file_setting} are both set; give the token one way"
-            )));
-        }
-        (Some(raw), None) => Some(TokenSpec::Env(
-            Token::new(raw).ok_or_else(|| ConfigError::Missing("DOCKER_SCOUT_API_KEY is empty".to_string()))?,
-        )),
-        (None, Some((path, _))) => Some(TokenSpec::File(path)),
-        (None, None) => None,
-    };
+    let global_file = flag_token_file.map(|p| (p, "--token-file")).or_else(|| {
+        env.get("DOCKER_SCOUT_TOKEN_FILE").map(|p| (PathBuf::from(p), "DOCKER_SCOUT_TOKEN_FILE"))
+    });
+    let global =
+        match (env_token, global_file) {
+            (Some(_), Some((_, file_setting))) => {
+                return Err(ConfigError::Conflict(format!(
+                    "DOCKER_SCOUT_API_KEY and {file_setting} are both set; give the token one way"
+                )));
+            }
+            (Some(raw), None) => Some(TokenSpec::Env(Token::new(raw).ok_or_else(|| {
+                ConfigError::Missing("DOCKER_SCOUT_API_KEY is empty".to_string())
+            })?)),
+            (None, Some((path, _))) => Some(TokenSpec::File(path)),
+            (None, None) => None,
+        };
 
     names
         .into_iter()
         .map(|name| {
-            let own = file.organizations.iter().find(|o| o.name == name).and_then(|o| o.token_file.clone());
+            let own = file
+                .organizations
+                .iter()
+                .find(|o| o.name == name)
+                .and_then(|o| o.token_file.clone());
             let token = own.map(TokenSpec::File).or_else(|| global.clone()).ok_or_else(|| {
                 ConfigError::Missing(format!(
                     "organization `{name}` has no token: set DOCKER_SCOUT_API_KEY, --token-file, \
@@ -576,7 +622,9 @@ fn resolve_orgs(
 fn is_valid_org(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 255
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 fn resolve_listen(
@@ -585,22 +633,23 @@ fn resolve_listen(
     file: Option<String>,
 ) -> Result<(String, u16), ConfigError> {
     if let Some(text) = flag {
-        return split_host_port(&text).ok_or_else(|| invalid("--listen", &text, "HOST:PORT, e.g. 0.0.0.0:9464"));
+        return split_host_port(&text)
+            .ok_or_else(|| invalid("--listen", &text, "HOST:PORT, e.g. 0.0.0.0:9464"));
     }
     let env_host = env.get("OTEL_EXPORTER_PROMETHEUS_HOST");
     let env_port = env.get("OTEL_EXPORTER_PROMETHEUS_PORT");
     let (mut host, mut port) = ("0.0.0.0".to_string(), DEFAULT_PROMETHEUS_PORT);
     if let Some(text) = file {
-        (host, port) = split_host_port(&text).ok_or_else(|| invalid("listen", &text, "HOST:PORT, e.g. 0.0.0.0:9464"))?;
+        (host, port) = split_host_port(&text)
+            .ok_or_else(|| invalid("listen", &text, "HOST:PORT, e.g. 0.0.0.0:9464"))?;
     }
     if let Some(h) = env_host {
         host = h.trim().trim_start_matches('[').trim_end_matches(']').to_string();
     }
     if let Some(p) = env_port {
-        port = p
-            .trim()
-            .parse()
-            .map_err(|_| invalid("OTEL_EXPORTER_PROMETHEUS_PORT", &p, "a port number from 0 to 65535"))?;
+        port = p.trim().parse().map_err(|_| {
+            invalid("OTEL_EXPORTER_PROMETHEUS_PORT", &p, "a port number from 0 to 65535")
+        })?;
     }
     Ok((host, port))
 }
@@ -655,9 +704,19 @@ pub fn resolve_otel(env: &dyn Env) -> Result<OtelSettings, ConfigError> {
                 "prometheus" => prometheus = true,
                 "none" if words.len() == 1 => {}
                 "none" => {
-                    return Err(invalid("OTEL_METRICS_EXPORTER", &list, "`none` alone, or a list of otlp and prometheus"));
+                    return Err(invalid(
+                        "OTEL_METRICS_EXPORTER",
+                        &list,
+                        "`none` alone, or a list of otlp and prometheus",
+                    ));
                 }
-                _ => return Err(invalid("OTEL_METRICS_EXPORTER", &list, "otlp, prometheus, none, or a comma list")),
+                _ => {
+                    return Err(invalid(
+                        "OTEL_METRICS_EXPORTER",
+                        &list,
+                        "otlp, prometheus, none, or a comma list",
+                    ));
+                }
             }
         }
     }
@@ -680,9 +739,15 @@ pub fn resolve_otel(env: &dyn Env) -> Result<OtelSettings, ConfigError> {
     let mut endpoint = None;
     for var in ["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"] {
         if let Some(v) = env.get(var) {
-            let ok = Url::parse(v.trim()).ok().is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            let ok = Url::parse(v.trim())
+                .ok()
+                .is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
             if !ok {
-                return Err(invalid(var, &v, "a URL with http:// or https://, e.g. http://localhost:4317"));
+                return Err(invalid(
+                    var,
+                    &v,
+                    "a URL with http:// or https://, e.g. http://localhost:4317",
+                ));
             }
             endpoint.get_or_insert(v.trim().to_string());
         }
@@ -701,9 +766,16 @@ pub fn resolve_otel(env: &dyn Env) -> Result<OtelSettings, ConfigError> {
             return Err(invalid(var, &v, "gzip or none"));
         }
     }
-    for var in ["OTEL_EXPORTER_OTLP_METRICS_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS", "OTEL_RESOURCE_ATTRIBUTES"] {
+    for var in [
+        "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_RESOURCE_ATTRIBUTES",
+    ] {
         if let Some(v) = env.get(var) {
-            let ok = v.split(',').filter(|p| !p.trim().is_empty()).all(|p| p.split_once('=').is_some_and(|(k, _)| !k.trim().is_empty()));
+            let ok = v
+                .split(',')
+                .filter(|p| !p.trim().is_empty())
+                .all(|p| p.split_once('=').is_some_and(|(k, _)| !k.trim().is_empty()));
             if !ok {
                 // Header values may be secrets: name the variable, not the value.
                 return Err(ConfigError::Invalid {
@@ -736,12 +808,18 @@ pub fn resolve_otel(env: &dyn Env) -> Result<OtelSettings, ConfigError> {
             .ok()
             .filter(|ms| *ms > 0)
             .map(Duration::from_millis)
-            .ok_or_else(|| invalid("OTEL_METRIC_EXPORT_INTERVAL", &v, "whole milliseconds above zero, e.g. 60000"))?,
+            .ok_or_else(|| {
+                invalid(
+                    "OTEL_METRIC_EXPORT_INTERVAL",
+                    &v,
+                    "whole milliseconds above zero, e.g. 60000",
+                )
+            })?,
     };
     let default_service_name = env.get("OTEL_SERVICE_NAME").is_none()
-        && !env
-            .get("OTEL_RESOURCE_ATTRIBUTES")
-            .is_some_and(|attrs| attrs.split(',').any(|p| p.trim_start().starts_with("service.name=")));
+        && !env.get("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|attrs| {
+            attrs.split(',').any(|p| p.trim_start().starts_with("service.name="))
+        });
 
     Ok(OtelSettings {
         otlp,
@@ -807,10 +885,18 @@ mod tests {
     fn flag_beats_env_beats_file_beats_default() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.yaml");
-        std::fs::write(&file, "refresh_interval: 7m\nscout_timeout: 9s\norganizations: [{name: fileorg}]\n").unwrap();
+        std::fs::write(
+            &file,
+            "refresh_interval: 7m\nscout_timeout: 9s\norganizations: [{name: fileorg}]\n",
+        )
+        .unwrap();
         let path = file.to_str().unwrap();
 
-        let c = resolve(&["--config", path, "--refresh-interval", "1m"], &[TOKEN, ("SCOUT_REFRESH_INTERVAL", "2m")]).unwrap();
+        let c = resolve(
+            &["--config", path, "--refresh-interval", "1m"],
+            &[TOKEN, ("SCOUT_REFRESH_INTERVAL", "2m")],
+        )
+        .unwrap();
         assert_eq!(c.refresh_interval, Duration::from_secs(60));
         assert_eq!(c.scout_timeout, Duration::from_secs(9));
         assert_eq!(c.max_staleness, DEFAULT_MAX_STALENESS);
@@ -855,9 +941,11 @@ mod tests {
         assert!(err.contains("--token-file"), "{err}");
         let err = resolve(&["--demo", "--org", "a"], &[]).unwrap_err().to_string();
         assert!(err.contains("--demo"), "{err}");
-        let err = resolve(&["--org", "a", "--refresh-interval", "10"], &[TOKEN]).unwrap_err().to_string();
+        let err =
+            resolve(&["--org", "a", "--refresh-interval", "10"], &[TOKEN]).unwrap_err().to_string();
         assert!(err.starts_with("--refresh-interval: invalid value `10`"), "{err}");
-        let err = resolve(&["--org", "a"], &[TOKEN, ("SCOUT_TIMEOUT", "soon")]).unwrap_err().to_string();
+        let err =
+            resolve(&["--org", "a"], &[TOKEN, ("SCOUT_TIMEOUT", "soon")]).unwrap_err().to_string();
         assert!(err.starts_with("SCOUT_TIMEOUT:"), "{err}");
         let err = resolve(&["--org", "Bad Org"], &[TOKEN]).unwrap_err().to_string();
         assert!(err.contains("Bad Org"), "{err}");
@@ -875,13 +963,18 @@ mod tests {
     #[test]
     fn plain_http_is_refused_unless_loopback_or_allowed() {
         let base = ["--org", "a", "--scout-url"];
-        let err = resolve(&[&base[..], &["http://scout.example.com"]].concat(), &[TOKEN]).unwrap_err();
+        let err =
+            resolve(&[&base[..], &["http://scout.example.com"]].concat(), &[TOKEN]).unwrap_err();
         assert!(err.to_string().contains("--allow-insecure-http"), "{err}");
         assert!(resolve(&[&base[..], &["http://127.0.0.1:8080"]].concat(), &[TOKEN]).is_ok());
         assert!(resolve(&[&base[..], &["http://localhost:8080"]].concat(), &[TOKEN]).is_ok());
         assert!(resolve(&[&base[..], &["http://[::1]:8080"]].concat(), &[TOKEN]).is_ok());
         assert!(
-            resolve(&[&base[..], &["http://scout.example.com", "--allow-insecure-http"]].concat(), &[TOKEN]).is_ok()
+            resolve(
+                &[&base[..], &["http://scout.example.com", "--allow-insecure-http"]].concat(),
+                &[TOKEN]
+            )
+            .is_ok()
         );
         let err = resolve(&[&base[..], &["ftp://x"]].concat(), &[TOKEN]).unwrap_err();
         assert!(err.to_string().starts_with("--scout-url: invalid value"), "{err}");
@@ -891,9 +984,20 @@ mod tests {
     fn listen_comes_from_flag_or_otel_prometheus_variables() {
         let c = resolve(&["--demo"], &[]).unwrap();
         assert_eq!((c.listen_host.as_str(), c.listen_port), ("0.0.0.0", 9464));
-        let c = resolve(&["--demo"], &[("OTEL_EXPORTER_PROMETHEUS_HOST", "127.0.0.1"), ("OTEL_EXPORTER_PROMETHEUS_PORT", "9999")]).unwrap();
+        let c = resolve(
+            &["--demo"],
+            &[
+                ("OTEL_EXPORTER_PROMETHEUS_HOST", "127.0.0.1"),
+                ("OTEL_EXPORTER_PROMETHEUS_PORT", "9999"),
+            ],
+        )
+        .unwrap();
         assert_eq!((c.listen_host.as_str(), c.listen_port), ("127.0.0.1", 9999));
-        let c = resolve(&["--demo", "--listen", "[::1]:1234"], &[("OTEL_EXPORTER_PROMETHEUS_PORT", "9999")]).unwrap();
+        let c = resolve(
+            &["--demo", "--listen", "[::1]:1234"],
+            &[("OTEL_EXPORTER_PROMETHEUS_PORT", "9999")],
+        )
+        .unwrap();
         assert_eq!((c.listen_host.as_str(), c.listen_port), ("::1", 1234));
         let err = resolve(&["--demo"], &[("OTEL_EXPORTER_PROMETHEUS_PORT", "http")]).unwrap_err();
         assert!(err.to_string().starts_with("OTEL_EXPORTER_PROMETHEUS_PORT:"), "{err}");
@@ -939,7 +1043,9 @@ mod tests {
 
     #[test]
     fn header_values_are_not_echoed() {
-        let err = resolve_otel(&env(&[("OTEL_EXPORTER_OTLP_HEADERS", "api-key")])).unwrap_err().to_string();
+        let err = resolve_otel(&env(&[("OTEL_EXPORTER_OTLP_HEADERS", "api-key")]))
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains("api-key"), "{err}");
     }
 
@@ -959,9 +1065,22 @@ mod tests {
         use clap::CommandFactory;
         let help = Cli::command().render_long_help().to_string();
         for flag in [
-            "--org", "--token-file", "--scout-url", "--refresh-interval", "--scout-timeout", "--listen", "--config",
-            "--demo", "--log-format", "--max-staleness", "--max-body-size", "--allow-insecure-http", "--proxy",
-            "--web.config.file", "--max-series-per-metric", "DOCKER_SCOUT_API_KEY",
+            "--org",
+            "--token-file",
+            "--scout-url",
+            "--refresh-interval",
+            "--scout-timeout",
+            "--listen",
+            "--config",
+            "--demo",
+            "--log-format",
+            "--max-staleness",
+            "--max-body-size",
+            "--allow-insecure-http",
+            "--proxy",
+            "--web.config.file",
+            "--max-series-per-metric",
+            "DOCKER_SCOUT_API_KEY",
         ] {
             assert!(help.contains(flag), "help lacks {flag}");
         }
