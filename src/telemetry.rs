@@ -84,6 +84,8 @@ impl Telemetry {
         max_series: usize,
         health: Arc<ExporterHealth>,
     ) -> Result<Telemetry, TelemetryError> {
+        // The http/protobuf exporter builds a reqwest client too.
+        crate::scout::install_crypto_provider();
         let resource = resource(settings);
         let view = move |i: &Instrument| {
             // Scout families may be large; our own instruments stay at the

@@ -1,0 +1,324 @@
+//! End-to-end tests of the pipeline: the exporter binary between a fake
+//! Scout and a gRPC OTLP receiver built from the official protobuf
+//! definitions, scraped over HTTP as Prometheus would.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use scout_exporter::fake::{FakeScout, OPENMETRICS_TEXT, PROMETHEUS_TEXT};
+
+const STREAMS: [&str; 3] = ["latest-indexed", "production", "staging"];
+const POLICIES: [(&str, &str); 2] = [
+    ("no-fixable-critical-high", "No fixable critical or high vulnerabilities"),
+    ("default-non-root-user", "Default non-root user"),
+];
+const SCOUT_FAMILIES: [&str; 3] = [
+    "scout_stream_vulnerabilities",
+    "scout_policy_compliant_images",
+    "scout_policy_evaluated_images",
+];
+
+struct Setup {
+    fake: FakeScout,
+    sink: OtlpSink,
+    exporter: Exporter,
+}
+
+async fn setup(orgs: &[&str], refresh: &str, prepare: impl FnOnce(&FakeScout)) -> Setup {
+    let fake = FakeScout::start(TOKEN).await.unwrap();
+    prepare(&fake);
+    let (sink, addr) = OtlpSink::start().await;
+    let endpoint = format!("http://{addr}");
+    let url = fake.url();
+    let mut args = vec!["--scout-url", url.as_str(), "--refresh-interval", refresh];
+    for org in orgs {
+        args.extend(["--org", org]);
+    }
+    let exporter = Exporter::start(
+        &args,
+        &[
+            ("DOCKER_SCOUT_API_KEY", TOKEN),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "100"),
+        ],
+    );
+    Setup { fake, sink, exporter }
+}
+
+/// What the exporter should serve for `body` of `org`: Scout's series with
+/// `org` added.
+fn expected(body: &str, org: &str) -> BTreeMap<SeriesKey, f64> {
+    series_of_text(body)
+        .into_iter()
+        .map(|((name, mut labels), v)| {
+            labels.insert("org".to_string(), org.to_string());
+            ((name, labels), v)
+        })
+        .collect()
+}
+
+fn scout_only(series: &BTreeMap<SeriesKey, f64>) -> BTreeMap<SeriesKey, f64> {
+    series
+        .iter()
+        .filter(|((n, _), _)| SCOUT_FAMILIES.contains(&n.as_str()))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect()
+}
+
+/// OTLP points renamed to their Prometheus names, Scout families only.
+fn otlp_scout_only(points: &BTreeMap<SeriesKey, f64>) -> BTreeMap<SeriesKey, f64> {
+    points
+        .iter()
+        .map(|((n, l), v)| ((prom_name(n), l.clone()), *v))
+        .filter(|((n, _), _)| SCOUT_FAMILIES.contains(&n.as_str()))
+        .collect()
+}
+
+async fn wait_for_data(s: &Setup, what: &str) -> BTreeMap<SeriesKey, f64> {
+    eventually(Duration::from_secs(15), what, || async {
+        let series = scrape(&s.exporter).await;
+        series.keys().any(|(n, _)| n == "scout_stream_vulnerabilities").then_some(series)
+    })
+    .await
+}
+
+async fn wait_for_otlp(s: &Setup) -> BTreeMap<SeriesKey, f64> {
+    eventually(Duration::from_secs(15), "an OTLP export with Scout data", || async {
+        s.sink.latest().filter(|p| p.keys().any(|(n, _)| n == "scout.stream.vulnerabilities"))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn every_series_reaches_both_outputs_with_equal_values() {
+    let body = payload(&STREAMS, &POLICIES, 7);
+    let s = setup(&["acme"], "1h", |f| f.set_payload("acme", body.clone())).await;
+    let want = expected(&body, "acme");
+    assert_eq!(want.len(), 15 + 12);
+
+    let scraped = wait_for_data(&s, "Scout series on /metrics").await;
+    assert_eq!(scout_only(&scraped), want);
+    let pushed = wait_for_otlp(&s).await;
+    assert_eq!(otlp_scout_only(&pushed), want);
+
+    // Label keys are Scout's own, plus org, in both outputs.
+    for (name, labels) in want.keys() {
+        let keys: BTreeSet<&str> = labels.keys().map(String::as_str).collect();
+        let expected_keys: BTreeSet<&str> = if name == "scout_stream_vulnerabilities" {
+            ["org", "severity", "streamName"].into()
+        } else {
+            ["displayName", "id", "org", "streamName"].into()
+        };
+        assert_eq!(keys, expected_keys);
+    }
+
+    // The ratio is compliant / evaluated, in both outputs.
+    let ratio: BTreeMap<_, _> = only(&scraped, "scout_policy_compliance_ratio");
+    assert_eq!(ratio.len(), 6);
+    for ((_, labels), value) in &ratio {
+        let c = want[&("scout_policy_compliant_images".to_string(), labels.clone())];
+        let e = want[&("scout_policy_evaluated_images".to_string(), labels.clone())];
+        assert_eq!(*value, c / e);
+        assert_eq!(pushed[&("scout.policy.compliance".to_string(), labels.clone())], c / e);
+    }
+    assert_eq!(
+        scraped[&("scout_exporter_up".to_string(), [("org".into(), "acme".into())].into())],
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn interleaved_scrapes_and_pushes_never_show_a_removed_series() {
+    // Scout's answer alternates between two stream sets on every request.
+    let a = payload(&["s1", "s2", "s3"], &POLICIES, 1);
+    let b = payload(&["s1", "s2", "s4"], &POLICIES, 2);
+    let requests = Arc::new(AtomicU64::new(0));
+    let s = setup(&["acme"], "150ms", |f| {
+        let (a, b, n) = (Bytes::from(a.clone()), Bytes::from(b.clone()), requests.clone());
+        f.set_payload_fn(
+            "acme",
+            Arc::new(move || {
+                let body =
+                    if n.fetch_add(1, Ordering::SeqCst) % 2 == 0 { a.clone() } else { b.clone() };
+                (PROMETHEUS_TEXT.to_string(), body)
+            }),
+        );
+    })
+    .await;
+    wait_for_data(&s, "first data").await;
+    let allowed: [BTreeSet<String>; 2] =
+        [["s1", "s2", "s3"].map(String::from).into(), ["s1", "s2", "s4"].map(String::from).into()];
+
+    let started = Instant::now();
+    let mut seen_sets = BTreeSet::new();
+    let mut scrapes = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        let series = scrape(&s.exporter).await;
+        for metric in ["scout_stream_vulnerabilities", "scout_policy_compliance_ratio"] {
+            let set = streams(&series, metric);
+            assert!(allowed.contains(&set), "scrape {scrapes}: {metric} shows streams {set:?}");
+            seen_sets.insert(set);
+        }
+        scrapes += 1;
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    assert_eq!(seen_sets.len(), 2, "both payloads should have been served");
+
+    let pushes = s.sink.points_since(started);
+    assert!(pushes.len() >= 10, "only {} OTLP requests", pushes.len());
+    for (i, points) in pushes.iter().enumerate() {
+        for metric in ["scout.stream.vulnerabilities", "scout.policy.compliance"] {
+            let set = streams(points, metric);
+            assert!(allowed.contains(&set), "OTLP request {i}: {metric} shows streams {set:?}");
+        }
+    }
+
+    // Now a stream leaves for good: gone from both outputs after the next
+    // refresh.
+    s.fake.set_payload("acme", payload(&["s1", "s2"], &POLICIES, 3));
+    let before = s.fake.requests_for("acme");
+    eventually(Duration::from_secs(10), "a refresh of the new payload", || async {
+        (s.fake.requests_for("acme") >= before + 2).then_some(())
+    })
+    .await;
+    let settled = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let series = scrape(&s.exporter).await;
+    let two: BTreeSet<String> = ["s1", "s2"].map(String::from).into();
+    assert_eq!(streams(&series, "scout_stream_vulnerabilities"), two);
+    let late: Vec<_> = s.sink.points_since(settled + Duration::from_millis(250));
+    assert!(!late.is_empty());
+    for points in late {
+        assert_eq!(streams(&points, "scout.stream.vulnerabilities"), two);
+    }
+}
+
+#[tokio::test]
+async fn unusual_label_values_round_trip_exactly_through_both_outputs() {
+    let odd = ["quote\"d", "back\\slash", "new\nline", "ünïcødé 日本 🚀", "trailing\\"];
+    let policies = [("id,with=chars}", "Name \"quoted\" \\ and\nnewline é")];
+    let body = payload(&odd, &policies, 11);
+    let s = setup(&["acme"], "1h", |f| f.set_payload("acme", body.clone())).await;
+    let want = expected(&body, "acme");
+
+    let scraped = wait_for_data(&s, "Scout series").await;
+    assert_eq!(scout_only(&scraped), want);
+    let got: BTreeSet<String> = streams(&scraped, "scout_stream_vulnerabilities");
+    assert_eq!(got, odd.iter().map(|s| s.to_string()).collect());
+
+    let pushed = wait_for_otlp(&s).await;
+    assert_eq!(otlp_scout_only(&pushed), want);
+}
+
+#[tokio::test]
+async fn openmetrics_input_is_served_like_prometheus_text() {
+    let body = payload(&STREAMS, &POLICIES, 5);
+    let om = format!("{body}# EOF\n");
+    let s =
+        setup(&["acme"], "1h", |f| f.set_payload_as("acme", OPENMETRICS_TEXT, om.clone())).await;
+    let scraped = wait_for_data(&s, "Scout series from OpenMetrics").await;
+    assert_eq!(scout_only(&scraped), expected(&body, "acme"));
+    let pushed = wait_for_otlp(&s).await;
+    assert_eq!(otlp_scout_only(&pushed), expected(&body, "acme"));
+    // Both formats were asked for.
+    let accept = s.fake.seen()[0].headers.iter().find(|(k, _)| k == "accept").cloned().unwrap().1;
+    assert!(
+        accept.contains("application/openmetrics-text") && accept.contains("text/plain"),
+        "{accept}"
+    );
+}
+
+#[tokio::test]
+async fn unauthorized_sets_up_to_zero_and_keeps_the_last_good_series() {
+    let body = payload(&STREAMS, &POLICIES, 9);
+    let s = setup(&["acme"], "200ms", |f| f.set_payload("acme", body.clone())).await;
+    let good = scout_only(&wait_for_data(&s, "first data").await);
+
+    s.fake.set_token("a-different-token");
+    let org: BTreeMap<String, String> = [("org".into(), "acme".into())].into();
+    let unauthorized: BTreeMap<String, String> =
+        [("org".into(), "acme".into()), ("reason".into(), "unauthorized".into())].into();
+    let series = eventually(Duration::from_secs(10), "up=0 after a 401", || async {
+        let series = scrape(&s.exporter).await;
+        let up = series.get(&("scout_exporter_up".to_string(), org.clone())).copied();
+        (up == Some(0.0)).then_some(series)
+    })
+    .await;
+    assert!(
+        series[&("scout_exporter_refresh_errors_total".to_string(), unauthorized.clone())] >= 1.0
+    );
+    assert_eq!(scout_only(&series), good, "the last good series must stay");
+
+    let pushed = eventually(Duration::from_secs(10), "up=0 over OTLP", || async {
+        s.sink
+            .latest()
+            .filter(|p| p.get(&("scout.exporter.up".to_string(), org.clone())) == Some(&0.0))
+    })
+    .await;
+    assert_eq!(otlp_scout_only(&pushed), good);
+    assert!(pushed[&("scout.exporter.refresh.errors".to_string(), unauthorized)] >= 1.0);
+    let log = s.exporter.log();
+    assert!(log.contains("reason=unauthorized") && log.contains("org=acme"), "{log}");
+    assert!(!log.contains(TOKEN), "the token leaked into the log");
+}
+
+#[tokio::test]
+async fn two_organizations_side_by_side_one_failing() {
+    let body = payload(&STREAMS, &POLICIES, 3);
+    // `ghost` has no payload: the fake answers 404, as Scout does for an
+    // organization that is not enrolled.
+    let s = setup(&["acme", "ghost"], "100ms", |f| f.set_payload("acme", body.clone())).await;
+    let series = eventually(Duration::from_secs(10), "ghost counted as not_found", || async {
+        let series = scrape(&s.exporter).await;
+        let key = (
+            "scout_exporter_refresh_errors_total".to_string(),
+            [("org".into(), "ghost".into()), ("reason".into(), "not_found".into())].into(),
+        );
+        (series.get(&key).copied().unwrap_or(0.0) >= 2.0).then_some(series)
+    })
+    .await;
+    assert_eq!(scout_only(&series), expected(&body, "acme"));
+    let up =
+        |org: &str| series[&("scout_exporter_up".to_string(), [("org".into(), org.into())].into())];
+    assert_eq!(up("acme"), 1.0);
+    assert_eq!(up("ghost"), 0.0);
+
+    // acme keeps refreshing on its own schedule while ghost fails.
+    let before = s.fake.requests_for("acme");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(s.fake.requests_for("acme") >= before + 3);
+
+    let (status, text) = get(&s.exporter.url("/readyz")).await;
+    assert_eq!(status, 503);
+    assert!(text.contains("ghost") && !text.contains("acme"), "{text}");
+}
+
+#[tokio::test]
+async fn demo_serves_data_within_five_seconds() {
+    let started = Instant::now();
+    let exporter = Exporter::start(&["--demo"], &[("OTEL_METRICS_EXPORTER", "prometheus")]);
+    let series = eventually(Duration::from_secs(5), "demo data", || async {
+        let series = scrape(&exporter).await;
+        series
+            .keys()
+            .any(|(n, l)| n == "scout_stream_vulnerabilities" && l["org"] == "demo")
+            .then_some(series)
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(streams(&series, "scout_stream_vulnerabilities"), STREAMS.map(String::from).into());
+    let severities: BTreeSet<_> = series
+        .keys()
+        .filter(|(n, _)| n == "scout_stream_vulnerabilities")
+        .map(|(_, l)| l["severity"].clone())
+        .collect();
+    assert_eq!(severities.len(), 5);
+    let (status, _) = get(&exporter.url("/readyz")).await;
+    assert_eq!(status, 200);
+}
