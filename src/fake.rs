@@ -12,12 +12,13 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming};
@@ -49,6 +50,8 @@ pub enum Reply {
     Delay(Duration),
     /// 302 to this location.
     Redirect(String),
+    /// 200 with a chunked body of valid lines that never ends.
+    Endless,
 }
 
 /// A request as the fake saw it.
@@ -58,6 +61,15 @@ pub struct Seen {
     pub path: String,
     /// Header names and values, lowercased names.
     pub headers: Vec<(String, String)>,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+impl Seen {
+    /// The value of header `name` (lowercase), if sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
 }
 
 #[derive(Default)]
@@ -67,6 +79,8 @@ struct State {
     scripts: HashMap<String, VecDeque<Reply>>,
     seen: Vec<Seen>,
     served: HashMap<String, u64>,
+    in_flight: HashMap<String, u64>,
+    max_in_flight: HashMap<String, u64>,
 }
 
 /// A running fake Scout.
@@ -159,11 +173,46 @@ impl FakeScout {
     pub fn requests_for(&self, org: &str) -> u64 {
         self.state().served.get(org).copied().unwrap_or(0)
     }
+
+    /// The most requests for `org` that were being answered at once.
+    pub fn max_in_flight(&self, org: &str) -> u64 {
+        self.state().max_in_flight.get(org).copied().unwrap_or(0)
+    }
+
+    /// Drops the scripted answers for `org` not yet used.
+    pub fn clear_script(&self, org: &str) {
+        self.state().scripts.remove(org);
+    }
+
+    /// Scripted answers for `org` not yet used.
+    pub fn pending(&self, org: &str) -> usize {
+        self.state().scripts.get(org).map_or(0, VecDeque::len)
+    }
 }
 
 type FakeResponse = Response<FakeBody>;
 
 async fn answer(
+    state: Arc<Mutex<State>>,
+    req: Request<Incoming>,
+) -> Result<FakeResponse, Infallible> {
+    let org = req
+        .uri()
+        .path()
+        .strip_prefix("/v1/exporter/org/")
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .map(str::to_string);
+    let response = respond(state.clone(), req).await;
+    if let Some(org) = org {
+        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = s.in_flight.get_mut(&org) {
+            *n = n.saturating_sub(1);
+        }
+    }
+    response
+}
+
+async fn respond(
     state: Arc<Mutex<State>>,
     req: Request<Incoming>,
 ) -> Result<FakeResponse, Infallible> {
@@ -180,7 +229,7 @@ async fn answer(
 
     let (org, payload, script, token) = {
         let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
-        s.seen.push(Seen { path: path.clone(), headers });
+        s.seen.push(Seen { path: path.clone(), headers, at: Instant::now() });
         let org = path
             .strip_prefix("/v1/exporter/org/")
             .and_then(|rest| rest.strip_suffix("/metrics"))
@@ -190,6 +239,13 @@ async fn answer(
             _ => return Ok(plain(StatusCode::NOT_FOUND, "not found\n")),
         };
         *s.served.entry(org.clone()).or_default() += 1;
+        let now = {
+            let n = s.in_flight.entry(org.clone()).or_default();
+            *n += 1;
+            *n
+        };
+        let max = s.max_in_flight.entry(org.clone()).or_default();
+        *max = (*max).max(now);
         let script = s.scripts.get_mut(&org).and_then(VecDeque::pop_front);
         (org.clone(), s.payloads.get(&org).cloned(), script, s.token.clone())
     };
@@ -237,6 +293,11 @@ async fn answer(
             r.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
             Ok(r)
         }
+        Some(Reply::Endless) => {
+            let mut r = Response::new(FakeBody::endless());
+            r.headers_mut().insert(CONTENT_TYPE, header(&content_type));
+            Ok(r)
+        }
         Some(Reply::Short) => {
             let half = body.slice(..body.len() / 2);
             let mut r = Response::new(FakeBody::partial(half, false));
@@ -279,15 +340,30 @@ pub struct FakeBody {
     chunk: Option<Bytes>,
     stall: bool,
     exact: bool,
+    repeat: Option<Bytes>,
+    /// A pause after the chunk, so it is flushed before the body ends.
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl FakeBody {
     fn full(bytes: Bytes) -> FakeBody {
-        FakeBody { chunk: Some(bytes), stall: false, exact: true }
+        FakeBody { chunk: Some(bytes), stall: false, exact: true, repeat: None, pause: None }
+    }
+
+    fn endless() -> FakeBody {
+        let line = "scout_endless{streamName=\"s\",severity=\"LOW\"} 1\n".repeat(1024);
+        FakeBody {
+            chunk: None,
+            stall: false,
+            exact: false,
+            repeat: Some(Bytes::from(line)),
+            pause: None,
+        }
     }
 
     fn partial(bytes: Bytes, stall: bool) -> FakeBody {
-        FakeBody { chunk: Some(bytes), stall, exact: false }
+        let pause = (!stall).then(|| Box::pin(tokio::time::sleep(Duration::from_millis(100))));
+        FakeBody { chunk: Some(bytes), stall, exact: false, repeat: None, pause }
     }
 }
 
@@ -297,16 +373,25 @@ impl Body for FakeBody {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         if let Some(chunk) = self.chunk.take() {
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if let Some(pause) = self.pause.as_mut() {
+            if pause.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.pause = None;
+        }
+        if let Some(repeat) = &self.repeat {
+            return Poll::Ready(Some(Ok(Frame::data(repeat.clone()))));
         }
         if self.stall { Poll::Pending } else { Poll::Ready(None) }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.chunk.is_none() && !self.stall
+        self.chunk.is_none() && !self.stall && self.repeat.is_none() && self.pause.is_none()
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {

@@ -82,6 +82,17 @@ impl Exporter {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// Sends SIGTERM, waits for the exit, and returns the status with the
+    /// whole log, and how long the exit took.
+    pub fn terminate_keeping_log(self) -> ((std::process::ExitStatus, String), Duration) {
+        let log = self.log.clone();
+        let (status, took) = self.terminate();
+        // Let the reader thread drain the last lines.
+        std::thread::sleep(Duration::from_millis(100));
+        let text = log.lock().unwrap().join("\n");
+        ((status, text), took)
+    }
+
     /// Sends SIGTERM and waits for the exit, returning its status and how
     /// long it took.
     pub fn terminate(mut self) -> (std::process::ExitStatus, Duration) {
