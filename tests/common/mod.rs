@@ -210,7 +210,12 @@ impl MetricsService for OtlpSink {
 impl OtlpSink {
     /// Starts on a free loopback port.
     pub async fn start() -> (OtlpSink, SocketAddr) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts on `addr`.
+    pub async fn start_on(addr: SocketAddr) -> (OtlpSink, SocketAddr) {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let sink = OtlpSink::default();
         let service = MetricsServiceServer::new(sink.clone());
@@ -283,6 +288,7 @@ pub fn points_of(request: &ExportMetricsServiceRequest) -> BTreeMap<SeriesKey, f
 
 /// The Prometheus name an OTLP metric name maps to, for Scout families.
 pub fn prom_name(otel: &str) -> String {
+    // Unit and counter suffixes are not added here; Scout families have none.
     otel.replace('.', "_")
 }
 
@@ -339,4 +345,10 @@ pub fn streams(series: &BTreeMap<SeriesKey, f64>, metric: &str) -> BTreeSet<Stri
         .filter(|(n, _)| n == metric)
         .filter_map(|(_, l)| l.get("streamName").cloned())
         .collect()
+}
+
+/// A loopback address with nothing listening (bound, then released).
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
 }
