@@ -215,18 +215,24 @@ impl OtlpSink {
 
     /// Starts on `addr`.
     pub async fn start_on(addr: SocketAddr) -> (OtlpSink, SocketAddr) {
+        let sink = OtlpSink::default();
+        let (addr, _task) = sink.serve_on(addr).await;
+        (sink, addr)
+    }
+
+    /// Serves this sink on `addr` until the returned task is aborted.
+    pub async fn serve_on(&self, addr: SocketAddr) -> (SocketAddr, tokio::task::JoinHandle<()>) {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let sink = OtlpSink::default();
-        let service = MetricsServiceServer::new(sink.clone());
-        tokio::spawn(async move {
+        let service = MetricsServiceServer::new(self.clone());
+        let task = tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(service)
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
                 .await
                 .unwrap();
         });
-        (sink, addr)
+        (addr, task)
     }
 
     pub fn count(&self) -> usize {
