@@ -144,8 +144,10 @@ pub async fn start(config: &Config) -> Result<Running, RunError> {
 
     let telemetry =
         Arc::new(Telemetry::build(&config.otel, config.max_series_per_metric, health.clone())?);
+    let shards: Arc<dyn crate::instruments::ShardSource> = telemetry.clone();
     let instruments = Arc::new(Instruments::register(
         telemetry.meters(),
+        Some(shards),
         store.clone(),
         health.clone(),
         config.max_staleness,

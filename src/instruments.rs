@@ -9,10 +9,17 @@
 //! instruments. Each instrument is registered once on every meter handed in
 //! (one meter per export pipeline), and each callback is guarded so that a
 //! panic is logged and counted instead of silencing later collections.
+//!
+//! OTLP meters are shards: each observes only the Scout series whose key
+//! falls in it, so that one push request stays well under a receiver's
+//! size limit. Shards are added as the data grows ([`SERIES_PER_PUSH`]
+//! series each); while a shard is being added, one collection may carry a
+//! series twice or miss it once. The exporter's own metrics travel in
+//! shard 0.
 
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -43,6 +50,32 @@ pub mod names {
     pub const EXPORT_ERRORS: &str = "scout.exporter.export.errors";
 }
 
+/// Most Scout series one OTLP request carries: about 2 MiB at the 126
+/// bytes per point measured, half of the 4 MiB a gRPC server accepts by
+/// default.
+pub const SERIES_PER_PUSH: usize = 16_384;
+
+/// What a meter feeds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The Prometheus pull pipeline: every series.
+    Pull,
+    /// OTLP pipeline number `n`: the series whose key falls in it.
+    PushShard(usize),
+}
+
+impl Role {
+    fn carries_own_metrics(self) -> bool {
+        matches!(self, Role::Pull | Role::PushShard(0))
+    }
+}
+
+/// Builds one more OTLP pipeline on demand.
+pub trait ShardSource: Send + Sync {
+    /// A meter of a new push pipeline, or `None` when there is none to add.
+    fn add_shard(&self) -> Option<Meter>;
+}
+
 /// Counters kept outside the store that the instruments report.
 #[derive(Debug, Default)]
 pub struct ExporterHealth {
@@ -54,11 +87,16 @@ pub struct ExporterHealth {
 
 /// All instruments, on every meter.
 pub struct Instruments {
-    meters: Vec<Meter>,
+    meters: Mutex<Vec<(Meter, Role)>>,
+    shards: Option<Arc<dyn ShardSource>>,
+    /// Number of push shards, read by every push callback.
+    shard_count: Arc<AtomicUsize>,
     store: Arc<Store>,
     health: Arc<ExporterHealth>,
     max_staleness: Duration,
     max_series: usize,
+    /// Scout families with a gauge: name, description, unit.
+    families: Mutex<Vec<(Arc<str>, String, &'static str)>>,
     registered: Mutex<HashSet<Arc<str>>>,
     durations: Vec<Histogram<f64>>,
     // Handles are kept so the instruments live as long as the exporter.
@@ -69,7 +107,9 @@ pub struct Instruments {
 
 impl std::fmt::Debug for Instruments {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Instruments").field("meters", &self.meters.len()).finish_non_exhaustive()
+        f.debug_struct("Instruments")
+            .field("shards", &self.shard_count.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
     }
 }
 
@@ -77,7 +117,8 @@ impl Instruments {
     /// Registers the documented Scout gauges, the compliance ratio and the
     /// exporter's own instruments on each meter.
     pub fn register(
-        meters: Vec<Meter>,
+        meters: Vec<(Meter, Role)>,
+        shards: Option<Arc<dyn ShardSource>>,
         store: Arc<Store>,
         health: Arc<ExporterHealth>,
         max_staleness: Duration,
@@ -87,7 +128,11 @@ impl Instruments {
         let mut counters = Vec::new();
         let mut up = Vec::new();
         let mut gauges = Vec::new();
-        for meter in &meters {
+        let push_shards = meters.iter().filter(|(_, r)| matches!(r, Role::PushShard(_))).count();
+        for (meter, role) in &meters {
+            if !role.carries_own_metrics() {
+                continue;
+            }
             durations.push(
                 meter
                     .f64_histogram(names::REFRESH_DURATION)
@@ -207,11 +252,14 @@ impl Instruments {
         }
 
         let instruments = Instruments {
-            meters,
+            meters: Mutex::new(meters),
+            shards,
+            shard_count: Arc::new(AtomicUsize::new(push_shards)),
             store,
             health,
             max_staleness,
             max_series,
+            families: Mutex::new(Vec::new()),
             registered: Mutex::new(HashSet::new()),
             durations,
             gauges: Mutex::new(gauges),
@@ -258,6 +306,36 @@ impl Instruments {
         }
     }
 
+    /// Adds push shards until each carries at most [`SERIES_PER_PUSH`]
+    /// series, counting `incoming` for the organization about to publish
+    /// it in place of its current snapshot.
+    pub fn fit_shards(&self, org: &str, incoming: usize) {
+        let Some(source) = &self.shards else { return };
+        let total: usize = self
+            .store
+            .orgs()
+            .iter()
+            .filter(|o| o.name() != org)
+            .filter_map(|o| o.snapshot())
+            .map(|s| s.series_count())
+            .sum::<usize>()
+            + incoming;
+        let needed = total.div_ceil(SERIES_PER_PUSH).max(1);
+        let mut current = self.shard_count.load(Ordering::Acquire);
+        while current < needed {
+            let Some(meter) = source.add_shard() else { return };
+            let role = Role::PushShard(current);
+            let families = self.families.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            for (name, description, unit) in families {
+                self.register_on(&meter, role, name, description, unit);
+            }
+            self.meters.lock().unwrap_or_else(|e| e.into_inner()).push((meter, role));
+            current += 1;
+            self.shard_count.store(current, Ordering::Release);
+            tracing::info!(series = total, requests = current, "OTLP data split over more requests");
+        }
+    }
+
     /// Records how long one refresh attempt took.
     pub fn record_refresh(&self, org: &KeyValue, elapsed: Duration) {
         for histogram in &self.durations {
@@ -272,34 +350,51 @@ impl Instruments {
         }
         let name: Arc<str> = Arc::from(name);
         registered.insert(name.clone());
-        let mut gauges = self.gauges.lock().unwrap_or_else(|e| e.into_inner());
-        for meter in &self.meters {
-            let (store, health, family) = (self.store.clone(), self.health.clone(), name.clone());
-            let max_staleness = self.max_staleness;
-            gauges.push(
-                meter
-                    .f64_observable_gauge(name.to_string())
-                    .with_description(description.clone())
-                    .with_unit(unit)
-                    .with_callback(move |obs| {
-                        guarded(&health, &family, || {
-                            let now = SystemTime::now();
-                            for org in store.orgs() {
-                                let Some(snap) = org.snapshot() else { continue };
-                                if snap.age(now) > max_staleness {
-                                    continue;
-                                }
-                                if let Some(f) = snap.family(&family) {
-                                    for series in &f.series {
-                                        obs.observe(series.value, &series.attributes);
-                                    }
-                                }
-                            }
-                        })
-                    })
-                    .build(),
-            );
+        self.families.lock().unwrap_or_else(|e| e.into_inner()).push((
+            name.clone(),
+            description.clone(),
+            unit,
+        ));
+        let meters = self.meters.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for (meter, role) in meters {
+            self.register_on(&meter, role, name.clone(), description.clone(), unit);
         }
+    }
+
+    /// One Scout family's gauge on one meter. A push shard observes only
+    /// the series whose key falls in it.
+    fn register_on(&self, meter: &Meter, role: Role, family: Arc<str>, description: String, unit: &'static str) {
+        let (store, health) = (self.store.clone(), self.health.clone());
+        let max_staleness = self.max_staleness;
+        let shard = match role {
+            Role::Pull => None,
+            Role::PushShard(index) => Some((index as u64, self.shard_count.clone())),
+        };
+        let gauge = meter
+            .f64_observable_gauge(family.to_string())
+            .with_description(description)
+            .with_unit(unit)
+            .with_callback(move |obs| {
+                guarded(&health, &family, || {
+                    let now = SystemTime::now();
+                    let shards = shard.as_ref().map(|(i, n)| (*i, n.load(Ordering::Acquire).max(1) as u64));
+                    for org in store.orgs() {
+                        let Some(snap) = org.snapshot() else { continue };
+                        if snap.age(now) > max_staleness {
+                            continue;
+                        }
+                        let Some(f) = snap.family(&family) else { continue };
+                        for series in &f.series {
+                            if shards.is_some_and(|(i, n)| series.shard_key % n != i) {
+                                continue;
+                            }
+                            obs.observe(series.value, &series.attributes);
+                        }
+                    }
+                })
+            })
+            .build();
+        self.gauges.lock().unwrap_or_else(|e| e.into_inner()).push(gauge);
     }
 }
 

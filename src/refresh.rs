@@ -121,6 +121,7 @@ impl Refresher {
                 self.report_skipped(&snapshot);
                 if let Some(instruments) = &self.instruments {
                     instruments.ensure_families(&snapshot);
+                    instruments.fit_shards(&self.org, snapshot.series_count());
                 }
                 tracing::debug!(
                     org = %self.org,

@@ -81,6 +81,21 @@ pub struct Series {
     pub attributes: Box<[KeyValue]>,
     /// The value Scout gave (or, for the ratio, computed from it).
     pub value: f64,
+    /// A stable hash of the attributes, which picks the OTLP request the
+    /// series travels in when the data is split.
+    pub shard_key: u64,
+}
+
+impl Series {
+    fn new(attributes: Vec<KeyValue>, value: f64) -> Series {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        for kv in &attributes {
+            kv.key.as_str().hash(&mut hasher);
+            kv.value.as_str().hash(&mut hasher);
+        }
+        Series { attributes: attributes.into_boxed_slice(), value, shard_key: hasher.finish() }
+    }
 }
 
 /// One family as exported.
@@ -171,10 +186,7 @@ impl Snapshot {
                     };
                     attributes.push(KeyValue::new(key, Value::String(label.value.clone().into())));
                 }
-                series.push(Series {
-                    attributes: attributes.into_boxed_slice(),
-                    value: sample.value,
-                });
+                series.push(Series::new(attributes, sample.value));
             }
             families.push(ExportedFamily {
                 otel_name: Arc::from(otel),
@@ -251,10 +263,7 @@ fn compliance_ratio(exposition: &Exposition, org_attr: &KeyValue) -> Option<Expo
                 Value::String(label.value.clone().into()),
             ));
         }
-        series.push(Series {
-            attributes: attributes.into_boxed_slice(),
-            value: (s.value / total).clamp(0.0, 1.0),
-        });
+        series.push(Series::new(attributes, (s.value / total).clamp(0.0, 1.0)));
     }
     Some(ExportedFamily {
         otel_name: Arc::from(COMPLIANCE_RATIO),

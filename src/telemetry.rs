@@ -14,8 +14,8 @@
 //! series with one added label, `org`, and the exporter's own metrics. The
 //! resource still travels with every OTLP push.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
@@ -30,7 +30,7 @@ use opentelemetry_sdk::metrics::{
 };
 
 use crate::config::{OtelSettings, OtlpProtocol};
-use crate::instruments::ExporterHealth;
+use crate::instruments::{ExporterHealth, Role, ShardSource};
 
 /// The instrumentation scope of every instrument.
 pub const SCOPE: &str = "scout-exporter";
@@ -68,12 +68,90 @@ impl PrometheusPipeline {
 }
 
 /// Both pipelines, whichever are enabled.
+///
+/// The push side may hold several providers: OTLP sends one request per
+/// provider and collection, and a receiver refuses requests above its
+/// limit (4 MiB by default in gRPC servers). When the data grows, the
+/// instruments ask for another provider ([`ShardSource`]) and spread the
+/// Scout series over them; the 0.33 SDK offers no way to split one
+/// collection into several requests.
 #[derive(Debug)]
 pub struct Telemetry {
     /// The pull side, served at `/metrics`.
     pub prometheus: Option<Arc<PrometheusPipeline>>,
-    /// The push side.
-    pub otlp: Option<SdkMeterProvider>,
+    /// The push side: one provider per OTLP request shard.
+    otlp: Mutex<Vec<SdkMeterProvider>>,
+    /// What a new OTLP shard is built from; `None` when OTLP is off.
+    push: Option<PushRecipe>,
+}
+
+/// Everything needed to build one more OTLP pipeline.
+#[derive(Debug)]
+struct PushRecipe {
+    settings: OtelSettings,
+    resource: Resource,
+    health: Arc<ExporterHealth>,
+    max_series: usize,
+}
+
+impl PushRecipe {
+    fn build(&self) -> Result<SdkMeterProvider, TelemetryError> {
+        let settings = &self.settings;
+        let exporter = match settings.protocol {
+            OtlpProtocol::Grpc => {
+                let mut builder = MetricExporter::builder().with_tonic();
+                if settings.endpoint.as_deref().is_some_and(|e| e.starts_with("https://")) {
+                    builder = builder
+                        .with_tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots());
+                }
+                builder.build()
+            }
+            OtlpProtocol::HttpProtobuf => MetricExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .build(),
+        }
+        .map_err(|e| TelemetryError::Otlp(e.to_string()))?;
+        let reader = PeriodicReader::builder(Watched::new(exporter, self.health.clone()))
+            .with_interval(settings.export_interval)
+            .build();
+        Ok(SdkMeterProvider::builder()
+            .with_resource(self.resource.clone())
+            .with_reader(reader)
+            .with_view(cardinality_view(self.max_series))
+            .build())
+    }
+}
+
+/// Raises the cardinality limit of the Scout families; the exporter's own
+/// instruments keep the SDK default, which keeps their preallocated tables
+/// small.
+fn cardinality_view(max_series: usize) -> impl Fn(&Instrument) -> Option<Stream> + Send + Sync + 'static {
+    move |i: &Instrument| {
+        let scout_data = i.name().starts_with("scout.") && !i.name().starts_with("scout.exporter.");
+        scout_data.then(|| Stream::builder().with_cardinality_limit(max_series).build().ok()).flatten()
+    }
+}
+
+fn scope() -> opentelemetry::InstrumentationScope {
+    opentelemetry::InstrumentationScope::builder(SCOPE).with_version(env!("CARGO_PKG_VERSION")).build()
+}
+
+impl ShardSource for Telemetry {
+    fn add_shard(&self) -> Option<Meter> {
+        let recipe = self.push.as_ref()?;
+        match recipe.build() {
+            Ok(provider) => {
+                let meter = provider.meter_with_scope(scope());
+                self.otlp.lock().unwrap_or_else(|e| e.into_inner()).push(provider);
+                Some(meter)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot add an OTLP pipeline; requests may exceed receiver limits");
+                None
+            }
+        }
+    }
 }
 
 impl Telemetry {
@@ -87,16 +165,6 @@ impl Telemetry {
         // The http/protobuf exporter builds a reqwest client too.
         crate::scout::install_crypto_provider();
         let resource = resource(settings);
-        let view = move |i: &Instrument| {
-            // Scout families may be large; our own instruments stay at the
-            // SDK default, which keeps their preallocated tables small.
-            let scout_data =
-                i.name().starts_with("scout.") && !i.name().starts_with("scout.exporter.");
-            scout_data
-                .then(|| Stream::builder().with_cardinality_limit(max_series).build().ok())
-                .flatten()
-        };
-
         let prometheus = if settings.prometheus {
             let registry = prometheus::Registry::new();
             let exporter = opentelemetry_prometheus::exporter()
@@ -108,44 +176,24 @@ impl Telemetry {
             let provider = SdkMeterProvider::builder()
                 .with_resource(resource.clone())
                 .with_reader(exporter)
-                .with_view(view)
+                .with_view(cardinality_view(max_series))
                 .build();
             Some(Arc::new(PrometheusPipeline { provider, registry }))
         } else {
             None
         };
 
-        let otlp = if settings.otlp {
-            let exporter = match settings.protocol {
-                OtlpProtocol::Grpc => {
-                    let mut builder = MetricExporter::builder().with_tonic();
-                    if settings.endpoint.as_deref().is_some_and(|e| e.starts_with("https://")) {
-                        builder = builder.with_tls_config(
-                            tonic::transport::ClientTlsConfig::new().with_native_roots(),
-                        );
-                    }
-                    builder.build()
-                }
-                OtlpProtocol::HttpProtobuf => MetricExporter::builder()
-                    .with_http()
-                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                    .build(),
-            }
-            .map_err(|e| TelemetryError::Otlp(e.to_string()))?;
-            let reader = PeriodicReader::builder(Watched::new(exporter, health))
-                .with_interval(settings.export_interval)
-                .build();
-            Some(
-                SdkMeterProvider::builder()
-                    .with_resource(resource)
-                    .with_reader(reader)
-                    .with_view(view)
-                    .build(),
-            )
-        } else {
-            None
+        let push = settings.otlp.then(|| PushRecipe {
+            settings: settings.clone(),
+            resource,
+            health,
+            max_series,
+        });
+        let otlp = match &push {
+            Some(recipe) => vec![recipe.build()?],
+            None => Vec::new(),
         };
-        Ok(Telemetry { prometheus, otlp })
+        Ok(Telemetry { prometheus, otlp: Mutex::new(otlp), push })
     }
 
     /// The pull pipeline, shared with the HTTP endpoint.
@@ -153,31 +201,33 @@ impl Telemetry {
         self.prometheus.clone()
     }
 
-    /// One meter per enabled pipeline, for the instruments.
-    pub fn meters(&self) -> Vec<Meter> {
-        let scope = || {
-            opentelemetry::InstrumentationScope::builder(SCOPE)
-                .with_version(env!("CARGO_PKG_VERSION"))
-                .build()
-        };
+    /// One meter per pipeline, with its role, for the instruments.
+    pub fn meters(&self) -> Vec<(Meter, Role)> {
         let mut meters = Vec::new();
         if let Some(p) = &self.prometheus {
-            meters.push(p.provider.meter_with_scope(scope()));
+            meters.push((p.provider.meter_with_scope(scope()), Role::Pull));
         }
-        if let Some(p) = &self.otlp {
-            meters.push(p.meter_with_scope(scope()));
+        let otlp = self.otlp.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, p) in otlp.iter().enumerate() {
+            meters.push((p.meter_with_scope(scope()), Role::PushShard(i)));
         }
         meters
     }
 
-    /// Sends a last OTLP export and stops both pipelines. Blocks for at
-    /// most about five seconds on a collector that does not answer.
+    /// Sends a last OTLP export from every push pipeline, in parallel, and
+    /// stops both sides. Blocks for at most about five seconds on a
+    /// collector that does not answer.
     pub fn shutdown(&self) {
-        if let Some(p) = &self.otlp
-            && let Err(e) = p.shutdown_with_timeout(Duration::from_secs(5))
-        {
-            tracing::warn!(error = %e, "final OTLP export did not complete");
-        }
+        let otlp: Vec<SdkMeterProvider> = self.otlp.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        std::thread::scope(|scope| {
+            for p in &otlp {
+                scope.spawn(move || {
+                    if let Err(e) = p.shutdown_with_timeout(Duration::from_secs(5)) {
+                        tracing::warn!(error = %e, "final OTLP export did not complete");
+                    }
+                });
+            }
+        });
         if let Some(p) = &self.prometheus {
             let _ = p.provider.shutdown();
         }

@@ -322,3 +322,54 @@ async fn demo_serves_data_within_five_seconds() {
     let (status, _) = get(&exporter.url("/readyz")).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_organization_is_split_into_requests_a_default_receiver_accepts() {
+    // 8,000 streams × 5 severities = 40,000 series: one request would be
+    // about 5 MB, over the 4 MiB a default gRPC receiver (like this one,
+    // built with tonic's defaults) accepts.
+    let names: Vec<String> = (0..8000).map(|i| format!("team-{i:05}/service")).collect();
+    let streams: Vec<&str> = names.iter().map(String::as_str).collect();
+    let body = payload(&streams, &[], 17);
+    let fake = FakeScout::start(TOKEN).await.unwrap();
+    fake.set_payload("acme", body.clone());
+    let (sink, addr) = OtlpSink::start().await;
+    let (url, endpoint) = (fake.url(), format!("http://{addr}"));
+    let exporter = Exporter::start(
+        &["--org", "acme", "--scout-url", &url, "--refresh-interval", "1h"],
+        &[
+            ("DOCKER_SCOUT_API_KEY", TOKEN),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
+        ],
+    );
+    let want = expected(&body, "acme");
+    let scraped = eventually(Duration::from_secs(60), "40,000 series on /metrics", || async {
+        let s = scrape(&exporter).await;
+        (scout_only(&s).len() == want.len()).then_some(s)
+    })
+    .await;
+    assert_eq!(scout_only(&scraped), want);
+
+    let union = eventually(Duration::from_secs(60), "every series over OTLP", || async {
+        let mut union = BTreeMap::new();
+        for points in sink.points_since(Instant::now() - Duration::from_secs(3)) {
+            union.extend(otlp_scout_only(&points));
+        }
+        (union.len() == want.len()).then_some(union)
+    })
+    .await;
+    assert_eq!(union, want);
+    let largest = {
+        let requests = sink.requests.lock().unwrap();
+        requests.iter().map(|(_, r)| prost::Message::encoded_len(r)).max().unwrap()
+    };
+    assert!(largest < 4 * 1024 * 1024, "a request of {largest} bytes");
+    assert!(exporter.log().contains("OTLP data split over more requests"), "{}", exporter.log());
+    let s = scrape(&exporter).await;
+    let key = (
+        "scout_exporter_export_errors_total".to_string(),
+        [("exporter".into(), "otlp".into())].into(),
+    );
+    assert_eq!(s[&key], 0.0, "no export may have been refused");
+}
