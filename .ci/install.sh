@@ -22,3 +22,7 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 "$venv/bin/pip" install -q --disable-pip-version-check pyyaml
+# Peers of tests/interop.rs: oteltest's otelsink (an OTLP gRPC receiver) and
+# opentelemetry-proto, which tests/peers/otlp_http_sink.py decodes with.
+# Pinned, so a new release changes CI only when this line does.
+"$venv/bin/pip" install -q --disable-pip-version-check oteltest==0.49.0 opentelemetry-proto==1.45.2

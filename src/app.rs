@@ -21,9 +21,11 @@ use crate::instruments::{ExporterHealth, Instruments};
 use crate::parse::Limits;
 use crate::refresh::Refresher;
 use crate::scout::{ClientSettings, ScoutClient};
+use crate::secret::TokenSource;
 use crate::server::{self, Endpoint, MAX_BODY_AGE, MetricsCache, ServerLimits};
 use crate::snapshot::Store;
 use crate::telemetry::Telemetry;
+use crate::web_config::WebConfig;
 
 /// Why the exporter could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,10 @@ pub enum RunError {
     /// The demo could not start.
     #[error("demo: {0}")]
     Demo(std::io::Error),
+    /// The web config file (`--web.config.file`) is unreadable or invalid;
+    /// the message names the file and the key.
+    #[error(transparent)]
+    WebConfig(#[from] crate::web_config::WebConfigError),
     /// `check` found organizations that failed.
     #[error("{0} of {1} organizations failed")]
     CheckFailed(usize, usize),
@@ -105,38 +111,52 @@ fn client(config: &Config, url_override: Option<&str>) -> Result<ScoutClient, Ru
     })?)
 }
 
+/// Opens every organization's token source, reading token files once, so
+/// an unusable one stops the start before anything else is set up.
+fn open_tokens(orgs: &[OrgConfig]) -> Result<Vec<TokenSource>, RunError> {
+    orgs.iter()
+        .map(|org| {
+            org.token.open().map_err(|source| RunError::Token { org: org.name.clone(), source })
+        })
+        .collect()
+}
+
 fn refreshers(
     config: &Config,
     orgs: &[OrgConfig],
+    tokens: Vec<TokenSource>,
     client: &ScoutClient,
     store: &Arc<Store>,
     instruments: Option<Arc<Instruments>>,
-) -> Result<Vec<Refresher>, RunError> {
+) -> Vec<Refresher> {
     orgs.iter()
+        .zip(tokens)
         .enumerate()
-        .map(|(index, org)| {
-            let token = org
-                .token
-                .open()
-                .map_err(|source| RunError::Token { org: org.name.clone(), source })?;
-            Ok(Refresher {
-                index,
-                org: org.name.clone(),
-                token,
-                client: client.clone(),
-                store: store.clone(),
-                instruments: instruments.clone(),
-                interval: config.refresh_interval,
-                limits: Limits::default(),
-                max_staleness: config.max_staleness,
-            })
+        .map(|(index, (org, token))| Refresher {
+            index,
+            org: org.name.clone(),
+            token,
+            client: client.clone(),
+            store: store.clone(),
+            instruments: instruments.clone(),
+            interval: config.refresh_interval,
+            limits: Limits::default(),
+            max_staleness: config.max_staleness,
         })
         .collect()
 }
 
 /// Starts the exporter. Must run inside a tokio runtime.
 pub async fn start(config: &Config) -> Result<Running, RunError> {
+    // First, so that a bad file stops start-up before anything runs.
+    let web = match &config.web_config_file {
+        Some(path) => Some(Arc::new(WebConfig::load(path)?)),
+        None => None,
+    };
+    let tls = web.as_ref().is_some_and(|w| w.tls().is_some());
+    let basic_auth = web.as_ref().is_some_and(|w| w.basic_auth());
     let (orgs, demo, demo_url) = organizations(config).await?;
+    let tokens = open_tokens(&orgs)?;
     let client = client(config, demo_url.as_deref())?;
     let names: Vec<&str> = orgs.iter().map(|o| o.name.as_str()).collect();
     let store = Arc::new(Store::new(&names));
@@ -153,7 +173,7 @@ pub async fn start(config: &Config) -> Result<Running, RunError> {
         config.max_staleness,
         config.max_series_per_metric,
     ));
-    let refreshers = refreshers(config, &orgs, &client, &store, Some(instruments.clone()))?;
+    let refreshers = refreshers(config, &orgs, tokens, &client, &store, Some(instruments.clone()));
 
     let listen = format!("{}:{}", config.listen_host, config.listen_port);
     let listener = TcpListener::bind((config.listen_host.as_str(), config.listen_port))
@@ -186,7 +206,13 @@ pub async fn start(config: &Config) -> Result<Running, RunError> {
         scout = %client.settings().base_url,
         demo = config.demo,
         refresh_interval = %humantime::format_duration(config.refresh_interval),
-        prometheus = %if otel.prometheus { format!("http://{addr}/metrics") } else { "off".to_string() },
+        prometheus = %if otel.prometheus {
+            format!("{}://{addr}/metrics", if tls { "https" } else { "http" })
+        } else {
+            "off".to_string()
+        },
+        tls = %if tls { "on" } else { "off" },
+        basic_auth = %if basic_auth { "on" } else { "off" },
         otlp = %otlp,
         "scout-exporter started"
     );
@@ -207,7 +233,8 @@ pub async fn start(config: &Config) -> Result<Running, RunError> {
             .map(|p| MetricsCache::new(p, store.clone(), MAX_BODY_AGE)),
         store: store.clone(),
     });
-    tasks.push(tokio::spawn(server::serve(listener, endpoint, ServerLimits::default(), stopped)));
+    let limits = ServerLimits::default();
+    tasks.push(tokio::spawn(server::serve(listener, endpoint, limits, web, stopped)));
 
     Ok(Running {
         addr,
@@ -275,11 +302,12 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 /// summary to standard output.
 pub async fn check(config: Config) -> Result<(), RunError> {
     let (orgs, _demo, demo_url) = organizations(&config).await?;
+    let tokens = open_tokens(&orgs)?;
     let client = client(&config, demo_url.as_deref())?;
     let names: Vec<&str> = orgs.iter().map(|o| o.name.as_str()).collect();
     let store = Arc::new(Store::new(&names));
     let mut failed = 0;
-    for refresher in refreshers(&config, &orgs, &client, &store, None)? {
+    for refresher in refreshers(&config, &orgs, tokens, &client, &store, None) {
         let url = client.metrics_url(&refresher.org);
         println!("organization {} ({url})", refresher.org);
         match refresher.refresh_once().await {

@@ -114,6 +114,56 @@ pub fn payload(t: f64) -> String {
     out
 }
 
+/// A Scout-shaped payload of about `series` series, for benchmarks and
+/// load tests: three quarters stream vulnerabilities (five severities per
+/// stream), the rest split between the two policy families (eight policies
+/// per stream). `round` shifts the values.
+pub fn scaled_payload(series: usize, round: u64) -> String {
+    const SEVERITIES: [&str; 5] = ["CRITICAL", "HIGH", "MEDIUM", "LOW", "UNSPECIFIED"];
+    const POLICIES: [(&str, &str); 8] = [
+        ("no-fixable-critical-high", "No fixable critical or high vulnerabilities"),
+        ("no-high-profile-vulns", "No high-profile vulnerabilities"),
+        ("approved-base-images", "Approved Base Images"),
+        ("up-to-date-base-images", "Up-to-Date Base Images"),
+        ("supply-chain-attestations", "Supply chain attestations"),
+        ("default-non-root-user", "Default non-root user"),
+        ("no-agpl-v3-licenses", "No AGPL v3 licenses"),
+        ("sonarqube-quality-gates", "SonarQube quality gates passed"),
+    ];
+    let vuln_streams = (series * 3 / 4).div_ceil(SEVERITIES.len()).max(1);
+    let policy_streams = (series - (vuln_streams * SEVERITIES.len()).min(series)).div_ceil(16);
+    let mut out = String::with_capacity(series * 150);
+    let value = |i: usize| (i as u64 * 2654435761 + round * 97) % 400;
+    out.push_str("# HELP scout_stream_vulnerabilities Vulnerabilities in a stream\n");
+    out.push_str("# TYPE scout_stream_vulnerabilities gauge\n");
+    let mut n = 0;
+    for s in 0..vuln_streams {
+        for sev in SEVERITIES {
+            out.push_str(&format!(
+                "scout_stream_vulnerabilities{{streamName=\"team-{s:05}/service\",severity=\"{sev}\"}} {}\n",
+                value(n)
+            ));
+            n += 1;
+        }
+    }
+    for (family, help) in [
+        ("scout_policy_compliant_images", "Compliant images for a policy in a stream"),
+        ("scout_policy_evaluated_images", "Total images evaluated against a policy in a stream"),
+    ] {
+        out.push_str(&format!("# HELP {family} {help}\n# TYPE {family} gauge\n"));
+        for s in 0..policy_streams {
+            for (id, name) in POLICIES {
+                let v = if family.ends_with("evaluated_images") { 400 } else { value(n) };
+                out.push_str(&format!(
+                    "{family}{{id=\"{id}\",displayName=\"{name}\",streamName=\"env-{s:05}\"}} {v}\n"
+                ));
+                n += 1;
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -105,7 +105,15 @@ impl Drop for FakeScout {
 impl FakeScout {
     /// Starts on a free loopback port, accepting `token`.
     pub async fn start(token: &str) -> std::io::Result<FakeScout> {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        Self::start_on(("127.0.0.1", 0), token).await
+    }
+
+    /// Starts on `addr`, accepting `token`.
+    pub async fn start_on(
+        addr: impl tokio::net::ToSocketAddrs,
+        token: &str,
+    ) -> std::io::Result<FakeScout> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State { token: token.to_string(), ..State::default() }));
         let shared = state.clone();

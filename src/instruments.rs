@@ -332,7 +332,11 @@ impl Instruments {
             self.meters.lock().unwrap_or_else(|e| e.into_inner()).push((meter, role));
             current += 1;
             self.shard_count.store(current, Ordering::Release);
-            tracing::info!(series = total, requests = current, "OTLP data split over more requests");
+            tracing::info!(
+                series = total,
+                requests = current,
+                "OTLP data split over more requests"
+            );
         }
     }
 
@@ -363,7 +367,14 @@ impl Instruments {
 
     /// One Scout family's gauge on one meter. A push shard observes only
     /// the series whose key falls in it.
-    fn register_on(&self, meter: &Meter, role: Role, family: Arc<str>, description: String, unit: &'static str) {
+    fn register_on(
+        &self,
+        meter: &Meter,
+        role: Role,
+        family: Arc<str>,
+        description: String,
+        unit: &'static str,
+    ) {
         let (store, health) = (self.store.clone(), self.health.clone());
         let max_staleness = self.max_staleness;
         let shard = match role {
@@ -377,7 +388,8 @@ impl Instruments {
             .with_callback(move |obs| {
                 guarded(&health, &family, || {
                     let now = SystemTime::now();
-                    let shards = shard.as_ref().map(|(i, n)| (*i, n.load(Ordering::Acquire).max(1) as u64));
+                    let shards =
+                        shard.as_ref().map(|(i, n)| (*i, n.load(Ordering::Acquire).max(1) as u64));
                     for org in store.orgs() {
                         let Some(snap) = org.snapshot() else { continue };
                         if snap.age(now) > max_staleness {

@@ -17,6 +17,7 @@
 //! | [`instruments`] | OpenTelemetry instruments and their callbacks |
 //! | [`telemetry`] | the OTLP and Prometheus pipelines |
 //! | [`server`] | `/metrics`, `/healthz`, `/readyz` |
+//! | [`web_config`] | the web config file: TLS, client certificates, basic auth |
 //! | [`demo`], [`fake`] | the sample organization and the Scout stand-in |
 //! | [`app`] | wiring, shutdown, the `check` subcommand |
 //!
@@ -38,3 +39,4 @@ pub mod secret;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;
+pub mod web_config;

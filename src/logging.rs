@@ -1,16 +1,19 @@
 //! Log output: `tracing` events to standard error, as text or JSON.
 //!
 //! Levels come from `RUST_LOG` (default `info`). The OpenTelemetry SDK's own
-//! events are kept at `warn` and above unless `RUST_LOG` asks otherwise:
-//! export failures are logged, counted and rate-limited by the exporter
-//! itself, so the SDK's per-interval messages would only repeat them.
+//! events are kept at `error` unless `RUST_LOG` asks otherwise: export
+//! failures are logged, counted and rate-limited by the exporter itself
+//! (`telemetry`), so the SDK's per-interval warnings would only repeat them
+//! as a flood.
 
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-const DEFAULT_FILTER: &str = "info,opentelemetry_sdk=warn,opentelemetry_otlp=warn,opentelemetry=warn,\
-                              h2=warn,hyper=warn,tonic=warn,reqwest=warn";
+// The SDK logs under its package names, hyphens included.
+const DEFAULT_FILTER: &str = "info,opentelemetry_sdk=error,opentelemetry-otlp=error,\
+                              opentelemetry_otlp=error,opentelemetry=error,h2=warn,hyper=warn,\
+                              tonic=warn,reqwest=warn";
 
 /// Installs the global subscriber. Call once, before anything logs.
 pub fn init(format: LogFormat) {

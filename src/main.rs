@@ -17,8 +17,11 @@ fn main() -> ExitCode {
         }
     };
     logging::init(config.log_format);
+    // Two workers at most: the work is light, and a pinned or throttled
+    // container gets no more threads than it has CPUs.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(2));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .max_blocking_threads(8)
         .enable_all()
         .build()
@@ -38,7 +41,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
+            // One plain line, like a configuration error, whatever the log
+            // format: this is the last thing the process says.
             eprintln!("scout-exporter: {e}");
             ExitCode::FAILURE
         }

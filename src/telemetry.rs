@@ -101,8 +101,9 @@ impl PushRecipe {
             OtlpProtocol::Grpc => {
                 let mut builder = MetricExporter::builder().with_tonic();
                 if settings.endpoint.as_deref().is_some_and(|e| e.starts_with("https://")) {
-                    builder = builder
-                        .with_tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots());
+                    builder = builder.with_tls_config(
+                        tonic::transport::ClientTlsConfig::new().with_native_roots(),
+                    );
                 }
                 builder.build()
             }
@@ -126,15 +127,21 @@ impl PushRecipe {
 /// Raises the cardinality limit of the Scout families; the exporter's own
 /// instruments keep the SDK default, which keeps their preallocated tables
 /// small.
-fn cardinality_view(max_series: usize) -> impl Fn(&Instrument) -> Option<Stream> + Send + Sync + 'static {
+fn cardinality_view(
+    max_series: usize,
+) -> impl Fn(&Instrument) -> Option<Stream> + Send + Sync + 'static {
     move |i: &Instrument| {
         let scout_data = i.name().starts_with("scout.") && !i.name().starts_with("scout.exporter.");
-        scout_data.then(|| Stream::builder().with_cardinality_limit(max_series).build().ok()).flatten()
+        scout_data
+            .then(|| Stream::builder().with_cardinality_limit(max_series).build().ok())
+            .flatten()
     }
 }
 
 fn scope() -> opentelemetry::InstrumentationScope {
-    opentelemetry::InstrumentationScope::builder(SCOPE).with_version(env!("CARGO_PKG_VERSION")).build()
+    opentelemetry::InstrumentationScope::builder(SCOPE)
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build()
 }
 
 impl ShardSource for Telemetry {
@@ -218,7 +225,8 @@ impl Telemetry {
     /// stops both sides. Blocks for at most about five seconds on a
     /// collector that does not answer.
     pub fn shutdown(&self) {
-        let otlp: Vec<SdkMeterProvider> = self.otlp.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let otlp: Vec<SdkMeterProvider> =
+            self.otlp.lock().unwrap_or_else(|e| e.into_inner()).clone();
         std::thread::scope(|scope| {
             for p in &otlp {
                 scope.spawn(move || {

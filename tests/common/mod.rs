@@ -55,6 +55,9 @@ impl Exporter {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                // Keep the line before announcing the port, so a test that
+                // reads the log right after start sees it.
+                sink.lock().unwrap().push(line.clone());
                 if let Some(port) = line
                     .split("/metrics")
                     .next()
@@ -64,7 +67,6 @@ impl Exporter {
                 {
                     let _ = tx.send(port);
                 }
-                sink.lock().unwrap().push(line);
             }
         });
         let port = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
