@@ -3,8 +3,8 @@
 # 1, 10 and 50 MB and prints one table; exits 1 if a target is missed (see
 # bench/table.py). Everything it makes stays under target/: the payloads in
 # target/bench-data/, a virtual environment with prometheus_client in
-# target/bench-venv/, and the results in target/bench-results/. About two
-# and a half minutes on two cores, plus a release build the first time.
+# target/bench-venv/, and the results in target/bench-results/. About three
+# minutes on two cores, plus a release build the first time.
 #
 # BENCH_PYTHON_REPEAT sets how many child processes time each Python run
 # (best kept; default 3).

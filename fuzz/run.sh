@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes the payload parser for SECONDS (default 60) with cargo-fuzz and
-# libFuzzer, and exits non-zero if any input crashes it, runs longer than
-# FUZZ_TIMEOUT seconds, or pushes the process past FUZZ_RSS_MB of memory.
+# libFuzzer, and exits non-zero if an input crashes it, if one input runs
+# longer than FUZZ_TIMEOUT seconds (default 10), or if the process grows past
+# FUZZ_RSS_MB of memory (default 2048).
 #
 # Only a stable toolchain is available, so RUSTC_BOOTSTRAP=1 lets it accept
 # the -Z flags cargo-fuzz passes. The parser is safe Rust, so the default

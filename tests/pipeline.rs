@@ -373,3 +373,26 @@ async fn a_large_organization_is_split_into_requests_a_default_receiver_accepts(
     );
     assert_eq!(s[&key], 0.0, "no export may have been refused");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_compressed_pushes_arrive_whole() {
+    let body = payload(&STREAMS, &POLICIES, 21);
+    let fake = FakeScout::start(TOKEN).await.unwrap();
+    fake.set_payload("acme", body.clone());
+    let (sink, addr) = OtlpSink::start().await;
+    let (url, endpoint) = (fake.url(), format!("http://{addr}"));
+    let _exporter = Exporter::start(
+        &["--org", "acme", "--scout-url", &url, "--refresh-interval", "1h"],
+        &[
+            ("DOCKER_SCOUT_API_KEY", TOKEN),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+        ],
+    );
+    let pushed = eventually(Duration::from_secs(15), "a gzip push with Scout data", || async {
+        sink.latest().filter(|p| p.keys().any(|(n, _)| n == "scout.stream.vulnerabilities"))
+    })
+    .await;
+    assert_eq!(otlp_scout_only(&pushed), expected(&body, "acme"));
+}

@@ -226,7 +226,9 @@ impl OtlpSink {
     pub async fn serve_on(&self, addr: SocketAddr) -> (SocketAddr, tokio::task::JoinHandle<()>) {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let service = MetricsServiceServer::new(self.clone());
+        // Like a Collector, accept gzip-compressed requests.
+        let service = MetricsServiceServer::new(self.clone())
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
         let task = tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(service)
