@@ -116,22 +116,13 @@ pub fn payload(t: f64) -> String {
 
 /// A Scout-shaped payload of about `series` series, for benchmarks and
 /// load tests: three quarters stream vulnerabilities (five severities per
-/// stream), the rest split between the two policy families (eight policies
-/// per stream). `round` shifts the values.
+/// stream), the rest split between the two policy families (the demo's six
+/// policies per stream). `round` shifts the values.
 pub fn scaled_payload(series: usize, round: u64) -> String {
-    const SEVERITIES: [&str; 5] = ["CRITICAL", "HIGH", "MEDIUM", "LOW", "UNSPECIFIED"];
-    const POLICIES: [(&str, &str); 8] = [
-        ("no-fixable-critical-high", "No fixable critical or high vulnerabilities"),
-        ("no-high-profile-vulns", "No high-profile vulnerabilities"),
-        ("approved-base-images", "Approved Base Images"),
-        ("up-to-date-base-images", "Up-to-Date Base Images"),
-        ("supply-chain-attestations", "Supply chain attestations"),
-        ("default-non-root-user", "Default non-root user"),
-        ("no-agpl-v3-licenses", "No AGPL v3 licenses"),
-        ("sonarqube-quality-gates", "SonarQube quality gates passed"),
-    ];
     let vuln_streams = (series * 3 / 4).div_ceil(SEVERITIES.len()).max(1);
-    let policy_streams = (series - (vuln_streams * SEVERITIES.len()).min(series)).div_ceil(16);
+    let per_stream = 2 * POLICIES.len();
+    let policy_streams =
+        (series - (vuln_streams * SEVERITIES.len()).min(series)).div_ceil(per_stream);
     let mut out = String::with_capacity(series * 150);
     let value = |i: usize| (i as u64 * 2654435761 + round * 97) % 400;
     out.push_str("# HELP scout_stream_vulnerabilities Vulnerabilities in a stream\n");

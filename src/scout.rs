@@ -53,24 +53,27 @@ impl Reason {
         Reason::TooLarge,
     ];
 
+    /// Every label value, in the order of [`Reason::ALL`].
+    pub const ALL_LABELS: [&'static str; 9] = [
+        "unauthorized",
+        "forbidden",
+        "not_found",
+        "rate_limited",
+        "server_error",
+        "timeout",
+        "connect",
+        "invalid_payload",
+        "too_large",
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Unauthorized => "unauthorized",
-            Reason::Forbidden => "forbidden",
-            Reason::NotFound => "not_found",
-            Reason::RateLimited => "rate_limited",
-            Reason::ServerError => "server_error",
-            Reason::Timeout => "timeout",
-            Reason::Connect => "connect",
-            Reason::InvalidPayload => "invalid_payload",
-            Reason::TooLarge => "too_large",
-        }
+        Reason::ALL_LABELS[self.index()]
     }
 
     /// Position in [`Reason::ALL`].
     pub fn index(self) -> usize {
-        Reason::ALL.iter().position(|r| *r == self).unwrap_or(0)
+        self as usize
     }
 
     /// What a user should check, for the log line.

@@ -14,17 +14,8 @@ use std::time::{Duration, Instant, SystemTime};
 use common::*;
 use scout_exporter::fake::{FakeScout, OPENMETRICS_TEXT, PROMETHEUS_TEXT, Reply};
 
-const REASONS: [&str; 9] = [
-    "unauthorized",
-    "forbidden",
-    "not_found",
-    "rate_limited",
-    "server_error",
-    "timeout",
-    "connect",
-    "invalid_payload",
-    "too_large",
-];
+/// Every `reason` label value, from the library's own list.
+const REASONS: [&str; 9] = scout_exporter::scout::Reason::ALL_LABELS;
 
 struct Rig {
     fake: FakeScout,

@@ -16,17 +16,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use scout_exporter::fake::{FakeScout, PROMETHEUS_TEXT, Reply};
 
-const REASONS: [&str; 9] = [
-    "unauthorized",
-    "forbidden",
-    "not_found",
-    "rate_limited",
-    "server_error",
-    "timeout",
-    "connect",
-    "invalid_payload",
-    "too_large",
-];
+/// Every `reason` label value, from the library's own list.
+const REASONS: [&str; 9] = scout_exporter::scout::Reason::ALL_LABELS;
 
 /// One cycle of Scout's answers: good ones (the normal payload, after no
 /// delay) between failures of several kinds.
