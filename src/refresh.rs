@@ -155,7 +155,11 @@ impl Refresher {
         tokio::task::spawn_blocking(move || {
             let exposition = parse(&fetched.body, fetched.format, &limits)
                 .map_err(|e| FetchError::new(Reason::InvalidPayload, e.to_string()))?;
-            Ok((Snapshot::build(&org, &exposition, fetched_at), fetched.body.len()))
+            let snapshot = Snapshot::build(&org, &exposition, fetched_at);
+            let bytes = fetched.body.len();
+            drop((exposition, fetched));
+            crate::telemetry::release_free_memory();
+            Ok((snapshot, bytes))
         })
         .await
         .unwrap_or_else(|e| {
