@@ -20,6 +20,7 @@
 //! | [`web_config`] | the web config file: TLS, client certificates, basic auth |
 //! | [`demo`], [`fake`] | the sample organization and the Scout stand-in |
 //! | [`app`] | wiring, shutdown, the `check` subcommand |
+//! | [`memory`] | keeping the resident size flat under glibc |
 //!
 //! Embedding the exporter in another program takes a [`config::Config`]
 //! and [`app::start`]; see `examples/embed.rs`.
@@ -32,6 +33,7 @@ pub mod demo;
 pub mod fake;
 pub mod instruments;
 pub mod logging;
+pub mod memory;
 pub mod parse;
 pub mod refresh;
 pub mod scout;

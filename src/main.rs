@@ -8,6 +8,7 @@ use scout_exporter::config::{Cli, Command, Config, ProcessEnv};
 use scout_exporter::{app, logging};
 
 fn main() -> ExitCode {
+    scout_exporter::memory::limit_arenas();
     let cli = Cli::parse();
     let config = match Config::resolve(cli, &ProcessEnv) {
         Ok(config) => config,

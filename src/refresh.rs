@@ -158,7 +158,7 @@ impl Refresher {
             let snapshot = Snapshot::build(&org, &exposition, fetched_at);
             let bytes = fetched.body.len();
             drop((exposition, fetched));
-            crate::telemetry::release_free_memory();
+            crate::memory::release_free_memory();
             Ok((snapshot, bytes))
         })
         .await

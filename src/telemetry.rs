@@ -64,7 +64,7 @@ impl PrometheusPipeline {
             tracing::error!(error = %e, "cannot encode the Prometheus exposition");
         }
         drop(families);
-        release_free_memory();
+        crate::memory::release_free_memory();
         out.shrink_to_fit();
         out
     }
@@ -325,21 +325,5 @@ impl<E: PushMetricExporter> PushMetricExporter for Watched<E> {
 
     fn temporality(&self) -> Temporality {
         self.inner.temporality()
-    }
-}
-
-/// Hands memory freed by a large collection back to the system.
-///
-/// A collection builds several kilobytes of short-lived objects per series
-/// (the `prometheus` crate's families, then the text); glibc keeps what was
-/// freed in its arenas, so without this the resident size of a 10,000-series
-/// exporter crept up by about a fifth over its first minute. Elsewhere it
-/// does nothing.
-pub fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns unused pages of the allocator's own
-    // heaps to the kernel; it touches no memory the program holds.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
