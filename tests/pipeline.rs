@@ -31,6 +31,16 @@ struct Setup {
 }
 
 async fn setup(orgs: &[&str], refresh: &str, prepare: impl FnOnce(&FakeScout)) -> Setup {
+    setup_with(orgs, refresh, &[("OTEL_METRIC_EXPORT_INTERVAL", "100")], prepare).await
+}
+
+/// Like [`setup`], with extra environment for the exporter.
+async fn setup_with(
+    orgs: &[&str],
+    refresh: &str,
+    env: &[(&str, &str)],
+    prepare: impl FnOnce(&FakeScout),
+) -> Setup {
     let fake = FakeScout::start(TOKEN).await.unwrap();
     prepare(&fake);
     let (sink, addr) = OtlpSink::start().await;
@@ -40,14 +50,10 @@ async fn setup(orgs: &[&str], refresh: &str, prepare: impl FnOnce(&FakeScout)) -
     for org in orgs {
         args.extend(["--org", org]);
     }
-    let exporter = Exporter::start(
-        &args,
-        &[
-            ("DOCKER_SCOUT_API_KEY", TOKEN),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "100"),
-        ],
-    );
+    let mut vars =
+        vec![("DOCKER_SCOUT_API_KEY", TOKEN), ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)];
+    vars.extend_from_slice(env);
+    let exporter = Exporter::start(&args, &vars);
     Setup { fake, sink, exporter }
 }
 
@@ -331,21 +337,15 @@ async fn a_large_organization_is_split_into_requests_a_default_receiver_accepts(
     let names: Vec<String> = (0..8000).map(|i| format!("team-{i:05}/service")).collect();
     let streams: Vec<&str> = names.iter().map(String::as_str).collect();
     let body = payload(&streams, &[], 17);
-    let fake = FakeScout::start(TOKEN).await.unwrap();
-    fake.set_payload("acme", body.clone());
-    let (sink, addr) = OtlpSink::start().await;
-    let (url, endpoint) = (fake.url(), format!("http://{addr}"));
-    let exporter = Exporter::start(
-        &["--org", "acme", "--scout-url", &url, "--refresh-interval", "1h"],
-        &[
-            ("DOCKER_SCOUT_API_KEY", TOKEN),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
-        ],
-    );
+    // Kept whole: dropping it stops the fake and the exporter.
+    let rig = setup_with(&["acme"], "1h", &[("OTEL_METRIC_EXPORT_INTERVAL", "1000")], |f| {
+        f.set_payload("acme", body.clone())
+    })
+    .await;
+    let (sink, exporter) = (&rig.sink, &rig.exporter);
     let want = expected(&body, "acme");
     let scraped = eventually(Duration::from_secs(60), "40,000 series on /metrics", || async {
-        let s = scrape(&exporter).await;
+        let s = scrape(exporter).await;
         (scout_only(&s).len() == want.len()).then_some(s)
     })
     .await;
@@ -366,7 +366,7 @@ async fn a_large_organization_is_split_into_requests_a_default_receiver_accepts(
     };
     assert!(largest < 4 * 1024 * 1024, "a request of {largest} bytes");
     assert!(exporter.log().contains("OTLP data split over more requests"), "{}", exporter.log());
-    let s = scrape(&exporter).await;
+    let s = scrape(exporter).await;
     let key = (
         "scout_exporter_export_errors_total".to_string(),
         [("exporter".into(), "otlp".into())].into(),
@@ -377,19 +377,9 @@ async fn a_large_organization_is_split_into_requests_a_default_receiver_accepts(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gzip_compressed_pushes_arrive_whole() {
     let body = payload(&STREAMS, &POLICIES, 21);
-    let fake = FakeScout::start(TOKEN).await.unwrap();
-    fake.set_payload("acme", body.clone());
-    let (sink, addr) = OtlpSink::start().await;
-    let (url, endpoint) = (fake.url(), format!("http://{addr}"));
-    let _exporter = Exporter::start(
-        &["--org", "acme", "--scout-url", &url, "--refresh-interval", "1h"],
-        &[
-            ("DOCKER_SCOUT_API_KEY", TOKEN),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
-        ],
-    );
+    let env = [("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"), ("OTEL_METRIC_EXPORT_INTERVAL", "200")];
+    let rig = setup_with(&["acme"], "1h", &env, |f| f.set_payload("acme", body.clone())).await;
+    let sink = &rig.sink;
     let pushed = eventually(Duration::from_secs(15), "a gzip push with Scout data", || async {
         sink.latest().filter(|p| p.keys().any(|(n, _)| n == "scout.stream.vulnerabilities"))
     })
