@@ -142,6 +142,7 @@ fn refreshers(
             interval: config.refresh_interval,
             limits: Limits::default(),
             max_staleness: config.max_staleness,
+            max_series_per_metric: config.max_series_per_metric,
         })
         .collect()
 }
@@ -162,8 +163,7 @@ pub async fn start(config: &Config) -> Result<Running, RunError> {
     let store = Arc::new(Store::new(&names));
     let health = Arc::new(ExporterHealth::default());
 
-    let telemetry =
-        Arc::new(Telemetry::build(&config.otel, config.max_series_per_metric, health.clone())?);
+    let telemetry = Arc::new(Telemetry::build(&config.otel, health.clone())?);
     let shards: Arc<dyn crate::instruments::ShardSource> = telemetry.clone();
     let instruments = Arc::new(Instruments::register(
         telemetry.meters(),
@@ -171,7 +171,6 @@ pub async fn start(config: &Config) -> Result<Running, RunError> {
         store.clone(),
         health.clone(),
         config.max_staleness,
-        config.max_series_per_metric,
     ));
     let refreshers = refreshers(config, &orgs, tokens, &client, &store, Some(instruments.clone()));
 

@@ -122,8 +122,9 @@ pub struct Cli {
     #[arg(long = "web.config.file", value_name = "FILE")]
     pub web_config_file: Option<PathBuf>,
 
-    /// Keep at most this many series per metric [env: SCOUT_MAX_SERIES]
-    /// [default: 200000].
+    /// Keep at most this many series of each metric of an organization;
+    /// the rest are left out and logged [env: SCOUT_MAX_SERIES] [default:
+    /// 200000].
     #[arg(long, value_name = "N")]
     pub max_series_per_metric: Option<usize>,
 }

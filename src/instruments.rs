@@ -10,12 +10,17 @@
 //! (one meter per export pipeline), and each callback is guarded so that a
 //! panic is logged and counted instead of silencing later collections.
 //!
-//! OTLP meters are shards: each observes only the Scout series whose key
-//! falls in it, so that one push request stays well under a receiver's
-//! size limit. Shards are added as the data grows ([`SERIES_PER_PUSH`]
-//! series each); while a shard is being added, one collection may carry a
-//! series twice or miss it once. The exporter's own metrics travel in
-//! shard 0.
+//! Each output is split into shards, one meter (and SDK provider) each,
+//! and a shard observes only the Scout series whose key falls in it, at
+//! most about [`SERIES_PER_SHARD`] series. This keeps one OTLP request well
+//! under a receiver's size limit, and it bounds the SDK's storage: the SDK
+//! gives every instrument a table sized for its cardinality limit at once,
+//! so a limit that fits 100,000 series cost 8 MiB per instrument and
+//! provider even for a small organization. Shards are added as the data
+//! grows. A new pull shard appears between two collections of `/metrics`;
+//! while a push shard is being added, one push may carry a series twice or
+//! miss it once. The exporter's own metrics travel in shard 0 of each
+//! output.
 
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
@@ -50,30 +55,64 @@ pub mod names {
     pub const EXPORT_ERRORS: &str = "scout.exporter.export.errors";
 }
 
-/// Most Scout series one OTLP request carries: about 2 MiB at the 126
-/// bytes per point measured, half of the 4 MiB a gRPC server accepts by
-/// default.
-pub const SERIES_PER_PUSH: usize = 16_384;
+/// Scout series one shard carries on average: one OTLP request of about
+/// 2 MiB at the 126 bytes per point measured, half of the 4 MiB a gRPC
+/// server accepts by default.
+pub const SERIES_PER_SHARD: usize = 16_384;
 
-/// What a meter feeds.
+/// The SDK cardinality limit of a Scout gauge in one shard. Series spread
+/// over shards by a hash, so a shard holds [`SERIES_PER_SHARD`] give or
+/// take a few hundred; the margin keeps its series out of the SDK's
+/// overflow series. The SDK allocates a table for this many at once
+/// (about 1 MiB).
+pub const SHARD_CARDINALITY_LIMIT: usize = SERIES_PER_SHARD + SERIES_PER_SHARD / 4;
+
+/// One of the two outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The Prometheus endpoint.
+    Pull,
+    /// The OTLP push.
+    Push,
+}
+
+/// What a meter feeds: shard `n` of one output, observing the series whose
+/// key falls in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
-    /// The Prometheus pull pipeline: every series.
-    Pull,
-    /// OTLP pipeline number `n`: the series whose key falls in it.
+    /// Shard `n` of the Prometheus endpoint.
+    PullShard(usize),
+    /// Shard `n` of the OTLP push: one request per collection.
     PushShard(usize),
 }
 
 impl Role {
     fn carries_own_metrics(self) -> bool {
-        matches!(self, Role::Pull | Role::PushShard(0))
+        matches!(self, Role::PullShard(0) | Role::PushShard(0))
+    }
+
+    fn side(self) -> Side {
+        match self {
+            Role::PullShard(_) => Side::Pull,
+            Role::PushShard(_) => Side::Push,
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Role::PullShard(i) | Role::PushShard(i) => i,
+        }
     }
 }
 
-/// Builds one more OTLP pipeline on demand.
+/// Builds one more pipeline of an output on demand.
 pub trait ShardSource: Send + Sync {
-    /// A meter of a new push pipeline, or `None` when there is none to add.
-    fn add_shard(&self) -> Option<Meter>;
+    /// Adds a pipeline to `side` and hands its meter to `install`, which
+    /// registers the instruments and publishes the new shard count. For the
+    /// pull side this runs while no collection does, so that a scrape never
+    /// mixes two shard counts. Returns false when no pipeline could be
+    /// added (the side is off, or building it failed).
+    fn add_shard(&self, side: Side, install: &mut dyn FnMut(&Meter)) -> bool;
 }
 
 /// Counters kept outside the store that the instruments report.
@@ -89,12 +128,13 @@ pub struct ExporterHealth {
 pub struct Instruments {
     meters: Mutex<Vec<(Meter, Role)>>,
     shards: Option<Arc<dyn ShardSource>>,
+    /// Number of pull shards, read by every pull callback.
+    pull_shards: Arc<AtomicUsize>,
     /// Number of push shards, read by every push callback.
-    shard_count: Arc<AtomicUsize>,
+    push_shards: Arc<AtomicUsize>,
     store: Arc<Store>,
     health: Arc<ExporterHealth>,
     max_staleness: Duration,
-    max_series: usize,
     /// Scout families with a gauge: name, description, unit.
     families: Mutex<Vec<(Arc<str>, String, &'static str)>>,
     registered: Mutex<HashSet<Arc<str>>>,
@@ -108,7 +148,8 @@ pub struct Instruments {
 impl std::fmt::Debug for Instruments {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Instruments")
-            .field("shards", &self.shard_count.load(Ordering::Relaxed))
+            .field("pull_shards", &self.pull_shards.load(Ordering::Relaxed))
+            .field("push_shards", &self.push_shards.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -122,13 +163,13 @@ impl Instruments {
         store: Arc<Store>,
         health: Arc<ExporterHealth>,
         max_staleness: Duration,
-        max_series: usize,
     ) -> Instruments {
         let mut durations = Vec::new();
         let mut counters = Vec::new();
         let mut up = Vec::new();
         let mut gauges = Vec::new();
-        let push_shards = meters.iter().filter(|(_, r)| matches!(r, Role::PushShard(_))).count();
+        let count = |side| meters.iter().filter(|(_, r)| r.side() == side).count();
+        let (pull_shards, push_shards) = (count(Side::Pull), count(Side::Push));
         for (meter, role) in &meters {
             if !role.carries_own_metrics() {
                 continue;
@@ -254,11 +295,11 @@ impl Instruments {
         let instruments = Instruments {
             meters: Mutex::new(meters),
             shards,
-            shard_count: Arc::new(AtomicUsize::new(push_shards)),
+            pull_shards: Arc::new(AtomicUsize::new(pull_shards)),
+            push_shards: Arc::new(AtomicUsize::new(push_shards)),
             store,
             health,
             max_staleness,
-            max_series,
             families: Mutex::new(Vec::new()),
             registered: Mutex::new(HashSet::new()),
             durations,
@@ -284,31 +325,19 @@ impl Instruments {
     }
 
     /// Gives every family of `snapshot` a gauge, registering the ones Scout
-    /// added since start. Warns when a family holds more series than the
-    /// per-metric limit, since the excess would be folded into an overflow
-    /// series.
+    /// added since start.
     pub fn ensure_families(&self, snapshot: &Snapshot) {
         for family in &snapshot.families {
             let description = family.help.clone().unwrap_or_else(|| {
                 format!("Passed through from Docker Scout's {}.", family.prometheus_name)
             });
             self.register_family(&family.otel_name, description, "");
-            if family.series.len() > self.max_series {
-                tracing::error!(
-                    org = %snapshot.org,
-                    metric = %family.prometheus_name,
-                    series = family.series.len(),
-                    limit = self.max_series,
-                    "more series than --max-series-per-metric allows; the excess is folded into one \
-                     overflow series"
-                );
-            }
         }
     }
 
-    /// Adds push shards until each carries at most [`SERIES_PER_PUSH`]
-    /// series, counting `incoming` for the organization about to publish
-    /// it in place of its current snapshot.
+    /// Adds shards to both outputs until each carries at most
+    /// [`SERIES_PER_SHARD`] series on average, counting `incoming` for the
+    /// organization about to publish instead of its current snapshot.
     pub fn fit_shards(&self, org: &str, incoming: usize) {
         let Some(source) = &self.shards else { return };
         let total: usize = self
@@ -320,23 +349,46 @@ impl Instruments {
             .map(|s| s.series_count())
             .sum::<usize>()
             + incoming;
-        let needed = total.div_ceil(SERIES_PER_PUSH).max(1);
-        let mut current = self.shard_count.load(Ordering::Acquire);
-        while current < needed {
-            let Some(meter) = source.add_shard() else { return };
-            let role = Role::PushShard(current);
-            let families = self.families.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            for (name, description, unit) in families {
-                self.register_on(&meter, role, name, description, unit);
+        let needed = total.div_ceil(SERIES_PER_SHARD).max(1);
+        // Held throughout, so that a family registered meanwhile reaches
+        // the new shards too.
+        let _families_fixed = self.registered.lock().unwrap_or_else(|e| e.into_inner());
+        for (side, count) in [(Side::Pull, &self.pull_shards), (Side::Push, &self.push_shards)] {
+            let mut current = count.load(Ordering::Acquire);
+            // A side that is off has no shard 0 and gets none.
+            if current == 0 {
+                continue;
             }
-            self.meters.lock().unwrap_or_else(|e| e.into_inner()).push((meter, role));
-            current += 1;
-            self.shard_count.store(current, Ordering::Release);
-            tracing::info!(
-                series = total,
-                requests = current,
-                "OTLP data split over more requests"
-            );
+            while current < needed {
+                let role = match side {
+                    Side::Pull => Role::PullShard(current),
+                    Side::Push => Role::PushShard(current),
+                };
+                let added = source.add_shard(side, &mut |meter| {
+                    let families = self.families.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    for (name, description, unit) in families {
+                        self.register_on(meter, role, name, description, unit);
+                    }
+                    self.meters
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((meter.clone(), role));
+                    count.store(current + 1, Ordering::Release);
+                });
+                if !added {
+                    break;
+                }
+                current += 1;
+                tracing::info!(
+                    series = total,
+                    output = match side {
+                        Side::Pull => "prometheus",
+                        Side::Push => "otlp",
+                    },
+                    shards = current,
+                    "data split over more SDK pipelines"
+                );
+            }
         }
     }
 
@@ -377,9 +429,9 @@ impl Instruments {
     ) {
         let (store, health) = (self.store.clone(), self.health.clone());
         let max_staleness = self.max_staleness;
-        let shard = match role {
-            Role::Pull => None,
-            Role::PushShard(index) => Some((index as u64, self.shard_count.clone())),
+        let (index, count) = match role.side() {
+            Side::Pull => (role.index() as u64, self.pull_shards.clone()),
+            Side::Push => (role.index() as u64, self.push_shards.clone()),
         };
         let gauge = meter
             .f64_observable_gauge(family.to_string())
@@ -388,8 +440,7 @@ impl Instruments {
             .with_callback(move |obs| {
                 guarded(&health, &family, || {
                     let now = SystemTime::now();
-                    let shards =
-                        shard.as_ref().map(|(i, n)| (*i, n.load(Ordering::Acquire).max(1) as u64));
+                    let shards = count.load(Ordering::Acquire).max(1) as u64;
                     for org in store.orgs() {
                         let Some(snap) = org.snapshot() else { continue };
                         if snap.age(now) > max_staleness {
@@ -397,7 +448,7 @@ impl Instruments {
                         }
                         let Some(f) = snap.family(&family) else { continue };
                         for series in &f.series {
-                            if shards.is_some_and(|(i, n)| series.shard_key % n != i) {
+                            if series.shard_key % shards != index {
                                 continue;
                             }
                             obs.observe(series.value, &series.attributes);

@@ -44,6 +44,8 @@ pub struct Refresher {
     pub limits: Limits,
     /// Age at which the data stops being served.
     pub max_staleness: Duration,
+    /// Most series one family keeps; the rest are left out and logged.
+    pub max_series_per_metric: usize,
 }
 
 /// What a successful refresh produced, for `check` and the logs.
@@ -152,10 +154,12 @@ impl Refresher {
         let fetched = self.client.fetch(&self.org, &token).await?;
         let fetched_at = SystemTime::now();
         let (org, limits) = (self.org.clone(), self.limits.clone());
+        let max_series = self.max_series_per_metric;
         tokio::task::spawn_blocking(move || {
             let exposition = parse(&fetched.body, fetched.format, &limits)
                 .map_err(|e| FetchError::new(Reason::InvalidPayload, e.to_string()))?;
-            let snapshot = Snapshot::build(&org, &exposition, fetched_at);
+            let mut snapshot = Snapshot::build(&org, &exposition, fetched_at);
+            snapshot.keep_at_most(max_series);
             let bytes = fetched.body.len();
             drop((exposition, fetched));
             crate::memory::release_free_memory();
@@ -180,6 +184,15 @@ impl Refresher {
                 org = %self.org,
                 families = %s.unsupported_families.join(", "),
                 "only gauge and untyped families are passed through"
+            );
+        }
+        for (family, cut) in &s.over_limit {
+            tracing::error!(
+                org = %self.org,
+                metric = %family,
+                left_out = cut,
+                limit = self.max_series_per_metric,
+                "more series than --max-series-per-metric allows; the rest are left out"
             );
         }
         if !s.reserved_families.is_empty() {

@@ -129,6 +129,8 @@ pub struct Skipped {
     pub reserved_families: Vec<String>,
     /// Families outside the `scout_` namespace.
     pub foreign_families: usize,
+    /// Families cut to `--max-series-per-metric`: name and series left out.
+    pub over_limit: Vec<(String, usize)>,
 }
 
 /// One organization's data as of one good refresh.
@@ -205,6 +207,19 @@ impl Snapshot {
             families.push(ratio);
         }
         Snapshot { org, fetched_at, families, skipped }
+    }
+
+    /// Keeps the first `max` series of each family, in Scout's order, and
+    /// records what was cut.
+    pub fn keep_at_most(&mut self, max: usize) {
+        for family in &mut self.families {
+            if family.series.len() > max {
+                let cut = family.series.len() - max;
+                family.series.truncate(max);
+                family.series.shrink_to_fit();
+                self.skipped.over_limit.push((family.prometheus_name.to_string(), cut));
+            }
+        }
     }
 
     /// The family with this instrument name, if the payload had it.
@@ -415,6 +430,23 @@ mod tests {
 
     fn attrs(s: &Series) -> Vec<(String, String)> {
         s.attributes.iter().map(|kv| (kv.key.to_string(), kv.value.as_str().into_owned())).collect()
+    }
+
+    #[test]
+    fn keep_at_most_cuts_each_family_to_its_first_series_and_says_so() {
+        let mut snap = snapshot(
+            "# TYPE scout_stream_vulnerabilities gauge\n\
+             scout_stream_vulnerabilities{streamName=\"a\",severity=\"HIGH\"} 1\n\
+             scout_stream_vulnerabilities{streamName=\"b\",severity=\"HIGH\"} 2\n\
+             scout_stream_vulnerabilities{streamName=\"c\",severity=\"HIGH\"} 3\n\
+             # TYPE scout_policy_evaluated_images gauge\n\
+             scout_policy_evaluated_images{id=\"p\",displayName=\"P\",streamName=\"a\"} 5\n",
+        );
+        snap.keep_at_most(2);
+        let vulns = snap.family("scout.stream.vulnerabilities").unwrap();
+        assert_eq!(vulns.series.iter().map(|s| s.value).collect::<Vec<_>>(), [1.0, 2.0]);
+        assert_eq!(snap.family("scout.policy.evaluated.images").unwrap().series.len(), 1);
+        assert_eq!(snap.skipped.over_limit, [("scout_stream_vulnerabilities".to_string(), 1)]);
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! series with one added label, `org`, and the exporter's own metrics. The
 //! resource still travels with every OTLP push.
 
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,7 +32,8 @@ use opentelemetry_sdk::metrics::{
 };
 
 use crate::config::{OtelSettings, OtlpProtocol};
-use crate::instruments::{ExporterHealth, Role, ShardSource};
+use crate::instruments::{ExporterHealth, Role, SHARD_CARDINALITY_LIMIT, ShardSource, Side};
+use prometheus::proto::MetricFamily;
 
 /// The instrumentation scope of every instrument.
 pub const SCOPE: &str = "scout-exporter";
@@ -46,18 +49,50 @@ pub enum TelemetryError {
     Prometheus(String),
 }
 
-/// The Prometheus pull pipeline.
+/// The Prometheus pull pipeline: one or more shards, gathered together.
 #[derive(Debug)]
 pub struct PrometheusPipeline {
+    /// Locked for each whole gather, and while a shard is added, so that a
+    /// scrape sees one shard count throughout.
+    shards: Mutex<Vec<PullShard>>,
+    resource: Resource,
+}
+
+/// One pull shard: a provider whose reader is an opentelemetry-prometheus
+/// exporter, in a registry of its own (the prometheus crate refuses a
+/// second OpenTelemetry collector in one registry).
+#[derive(Debug)]
+struct PullShard {
     provider: SdkMeterProvider,
     registry: prometheus::Registry,
+}
+
+impl PullShard {
+    fn build(resource: &Resource) -> Result<PullShard, TelemetryError> {
+        let registry = prometheus::Registry::new();
+        let exporter = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .without_target_info()
+            .scope_info_enabled(false)
+            .build()
+            .map_err(|e| TelemetryError::Prometheus(e.to_string()))?;
+        let provider = SdkMeterProvider::builder()
+            .with_resource(resource.clone())
+            .with_reader(exporter)
+            .with_view(cardinality_view())
+            .build();
+        Ok(PullShard { provider, registry })
+    }
 }
 
 impl PrometheusPipeline {
     /// Collects every instrument and encodes the result as Prometheus text.
     /// Runs the callbacks; call it off the async threads for large data.
     pub fn encode(&self) -> Vec<u8> {
-        let families = self.registry.gather();
+        let families = {
+            let shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+            merge(shards.iter().map(|s| s.registry.gather()).collect())
+        };
         let mut out = Vec::with_capacity(64 * 1024);
         let encoder = prometheus::TextEncoder::new();
         if let Err(e) = prometheus::Encoder::encode(&encoder, &families, &mut out) {
@@ -68,16 +103,59 @@ impl PrometheusPipeline {
         out.shrink_to_fit();
         out
     }
+
+    fn add_shard(&self, install: &mut dyn FnMut(&Meter)) -> bool {
+        match PullShard::build(&self.resource) {
+            Ok(shard) => {
+                let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+                install(&shard.provider.meter_with_scope(scope()));
+                shards.push(shard);
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot add a Prometheus pipeline");
+                false
+            }
+        }
+    }
+}
+
+/// Joins the families that several shards gathered: one family per name,
+/// names in order, and within a family the series ordered by label values,
+/// as one registry orders them.
+fn merge(mut gathered: Vec<Vec<MetricFamily>>) -> Vec<MetricFamily> {
+    if gathered.len() == 1 {
+        return gathered.pop().unwrap_or_default();
+    }
+    let mut by_name: BTreeMap<String, MetricFamily> = BTreeMap::new();
+    for mut family in gathered.into_iter().flatten() {
+        match by_name.entry(family.name().to_owned()) {
+            Entry::Vacant(e) => {
+                e.insert(family);
+            }
+            Entry::Occupied(mut e) => e.get_mut().mut_metric().extend(family.take_metric()),
+        }
+    }
+    for family in by_name.values_mut() {
+        family.mut_metric().sort_by(|a, b| {
+            let (a, b) = (a.get_label(), b.get_label());
+            a.len()
+                .cmp(&b.len())
+                .then_with(|| a.iter().map(|l| l.value()).cmp(b.iter().map(|l| l.value())))
+        });
+    }
+    by_name.into_values().collect()
 }
 
 /// Both pipelines, whichever are enabled.
 ///
-/// The push side may hold several providers: OTLP sends one request per
+/// Each side may hold several providers, shards that split the Scout series
+/// between them (see [`crate::instruments`]). OTLP sends one request per
 /// provider and collection, and a receiver refuses requests above its
-/// limit (4 MiB by default in gRPC servers). When the data grows, the
-/// instruments ask for another provider ([`ShardSource`]) and spread the
-/// Scout series over them; the 0.33 SDK offers no way to split one
-/// collection into several requests.
+/// limit (4 MiB by default in gRPC servers); the 0.33 SDK offers no way to
+/// split one collection into several requests. And the SDK sizes each
+/// instrument's table for its cardinality limit at once, so a small limit
+/// per shard keeps memory in proportion to the data.
 #[derive(Debug)]
 pub struct Telemetry {
     /// The pull side, served at `/metrics`.
@@ -94,7 +172,6 @@ struct PushRecipe {
     settings: OtelSettings,
     resource: Resource,
     health: Arc<ExporterHealth>,
-    max_series: usize,
 }
 
 impl PushRecipe {
@@ -122,21 +199,19 @@ impl PushRecipe {
         Ok(SdkMeterProvider::builder()
             .with_resource(self.resource.clone())
             .with_reader(reader)
-            .with_view(cardinality_view(self.max_series))
+            .with_view(cardinality_view())
             .build())
     }
 }
 
-/// Raises the cardinality limit of the Scout families; the exporter's own
-/// instruments keep the SDK default, which keeps their preallocated tables
-/// small.
-fn cardinality_view(
-    max_series: usize,
-) -> impl Fn(&Instrument) -> Option<Stream> + Send + Sync + 'static {
+/// Gives the Scout families the per-shard cardinality limit; the
+/// exporter's own instruments keep the SDK default, which keeps their
+/// preallocated tables small.
+fn cardinality_view() -> impl Fn(&Instrument) -> Option<Stream> + Send + Sync + 'static {
     move |i: &Instrument| {
         let scout_data = i.name().starts_with("scout.") && !i.name().starts_with("scout.exporter.");
         scout_data
-            .then(|| Stream::builder().with_cardinality_limit(max_series).build().ok())
+            .then(|| Stream::builder().with_cardinality_limit(SHARD_CARDINALITY_LIMIT).build().ok())
             .flatten()
     }
 }
@@ -148,17 +223,22 @@ fn scope() -> opentelemetry::InstrumentationScope {
 }
 
 impl ShardSource for Telemetry {
-    fn add_shard(&self) -> Option<Meter> {
-        let recipe = self.push.as_ref()?;
-        match recipe.build() {
-            Ok(provider) => {
-                let meter = provider.meter_with_scope(scope());
-                self.otlp.lock().unwrap_or_else(|e| e.into_inner()).push(provider);
-                Some(meter)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot add an OTLP pipeline; requests may exceed receiver limits");
-                None
+    fn add_shard(&self, side: Side, install: &mut dyn FnMut(&Meter)) -> bool {
+        match side {
+            Side::Pull => self.prometheus.as_ref().is_some_and(|p| p.add_shard(install)),
+            Side::Push => {
+                let Some(recipe) = &self.push else { return false };
+                match recipe.build() {
+                    Ok(provider) => {
+                        install(&provider.meter_with_scope(scope()));
+                        self.otlp.lock().unwrap_or_else(|e| e.into_inner()).push(provider);
+                        true
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot add an OTLP pipeline; requests may exceed receiver limits");
+                        false
+                    }
+                }
             }
         }
     }
@@ -169,36 +249,23 @@ impl Telemetry {
     /// the gRPC channel is created here.
     pub fn build(
         settings: &OtelSettings,
-        max_series: usize,
         health: Arc<ExporterHealth>,
     ) -> Result<Telemetry, TelemetryError> {
         // The http/protobuf exporter builds a reqwest client too.
         crate::scout::install_crypto_provider();
         let resource = resource(settings);
         let prometheus = if settings.prometheus {
-            let registry = prometheus::Registry::new();
-            let exporter = opentelemetry_prometheus::exporter()
-                .with_registry(registry.clone())
-                .without_target_info()
-                .scope_info_enabled(false)
-                .build()
-                .map_err(|e| TelemetryError::Prometheus(e.to_string()))?;
-            let provider = SdkMeterProvider::builder()
-                .with_resource(resource.clone())
-                .with_reader(exporter)
-                .with_view(cardinality_view(max_series))
-                .build();
-            Some(Arc::new(PrometheusPipeline { provider, registry }))
+            let first = PullShard::build(&resource)?;
+            Some(Arc::new(PrometheusPipeline {
+                shards: Mutex::new(vec![first]),
+                resource: resource.clone(),
+            }))
         } else {
             None
         };
 
-        let push = settings.otlp.then(|| PushRecipe {
-            settings: settings.clone(),
-            resource,
-            health,
-            max_series,
-        });
+        let push =
+            settings.otlp.then(|| PushRecipe { settings: settings.clone(), resource, health });
         let otlp = match &push {
             Some(recipe) => vec![recipe.build()?],
             None => Vec::new(),
@@ -215,7 +282,10 @@ impl Telemetry {
     pub fn meters(&self) -> Vec<(Meter, Role)> {
         let mut meters = Vec::new();
         if let Some(p) = &self.prometheus {
-            meters.push((p.provider.meter_with_scope(scope()), Role::Pull));
+            let shards = p.shards.lock().unwrap_or_else(|e| e.into_inner());
+            for (i, shard) in shards.iter().enumerate() {
+                meters.push((shard.provider.meter_with_scope(scope()), Role::PullShard(i)));
+            }
         }
         let otlp = self.otlp.lock().unwrap_or_else(|e| e.into_inner());
         for (i, p) in otlp.iter().enumerate() {
@@ -240,7 +310,9 @@ impl Telemetry {
             }
         });
         if let Some(p) = &self.prometheus {
-            let _ = p.provider.shutdown();
+            for shard in p.shards.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                let _ = shard.provider.shutdown();
+            }
         }
     }
 }

@@ -350,6 +350,13 @@ async fn a_large_organization_is_split_into_requests_a_default_receiver_accepts(
     })
     .await;
     assert_eq!(scout_only(&scraped), want);
+    // Gathered from several SDK pipelines, /metrics still has one family
+    // per name and each series once: a map of series would hide repeats.
+    let (_, text) = get(&exporter.url("/metrics")).await;
+    let samples = text.lines().filter(|l| l.starts_with("scout_stream_vulnerabilities{")).count();
+    assert_eq!(samples, want.len(), "each series exactly once");
+    assert_eq!(text.matches("# TYPE scout_stream_vulnerabilities ").count(), 1);
+    assert_eq!(text.matches("# TYPE scout_exporter_up ").count(), 1);
 
     let union = eventually(Duration::from_secs(60), "every series over OTLP", || async {
         let mut union = BTreeMap::new();
@@ -365,13 +372,53 @@ async fn a_large_organization_is_split_into_requests_a_default_receiver_accepts(
         requests.iter().map(|(_, r)| prost::Message::encoded_len(r)).max().unwrap()
     };
     assert!(largest < 4 * 1024 * 1024, "a request of {largest} bytes");
-    assert!(exporter.log().contains("OTLP data split over more requests"), "{}", exporter.log());
+    let log = exporter.log();
+    for output in ["output=\"prometheus\"", "output=\"otlp\""] {
+        assert!(
+            log.contains("data split over more SDK pipelines") && log.contains(output),
+            "{log}"
+        );
+    }
     let s = scrape(exporter).await;
     let key = (
         "scout_exporter_export_errors_total".to_string(),
         [("exporter".into(), "otlp".into())].into(),
     );
     assert_eq!(s[&key], 0.0, "no export may have been refused");
+}
+
+#[tokio::test]
+async fn series_beyond_the_per_metric_limit_are_left_out_and_logged() {
+    let body = payload(&STREAMS, &POLICIES, 5);
+    let fake = FakeScout::start(TOKEN).await.unwrap();
+    fake.set_payload("acme", body.clone());
+    let exporter = Exporter::start(
+        &["--scout-url", &fake.url(), "--org", "acme", "--max-series-per-metric", "4"],
+        &[("DOCKER_SCOUT_API_KEY", TOKEN), ("OTEL_METRICS_EXPORTER", "prometheus")],
+    );
+    let scraped = eventually(Duration::from_secs(15), "capped data", || async {
+        let s = scrape(&exporter).await;
+        s.keys().any(|(n, _)| n == "scout_stream_vulnerabilities").then_some(s)
+    })
+    .await;
+    // Scout's first four series of each family, in Scout's order.
+    let want: BTreeMap<SeriesKey, f64> = SCOUT_FAMILIES
+        .iter()
+        .flat_map(|family| {
+            let prefix = format!("{family}{{");
+            let first: String = body
+                .lines()
+                .filter(|l| l.starts_with(&prefix))
+                .take(4)
+                .map(|l| format!("{l}\n"))
+                .collect();
+            expected(&first, "acme")
+        })
+        .collect();
+    assert_eq!(scout_only(&scraped), want);
+    let log = exporter.log();
+    assert!(log.contains("more series than --max-series-per-metric allows"), "{log}");
+    assert!(log.contains("left_out=11") && log.contains("left_out=2"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
