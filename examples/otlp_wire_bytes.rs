@@ -16,28 +16,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
 use scout_exporter::demo::scaled_payload;
 use scout_exporter::fake::FakeScout;
+use support::CountingSink;
 
-#[derive(Clone, Default)]
-struct Sink(Arc<AtomicU64>);
-
-#[tonic::async_trait]
-impl MetricsService for Sink {
-    async fn export(
-        &self,
-        _request: tonic::Request<ExportMetricsServiceRequest>,
-    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Ok(tonic::Response::new(ExportMetricsServiceResponse { partial_success: None }))
-    }
-}
+mod support;
 
 /// Relays `listen` to `target`, counting the bytes sent toward `target`.
 async fn relay(target: std::net::SocketAddr) -> (std::net::SocketAddr, Arc<AtomicU64>) {
@@ -118,25 +101,15 @@ async fn main() {
     let fake = FakeScout::start("wire").await.unwrap();
     fake.set_payload("acme", scaled_payload(series, 0));
 
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc_addr = grpc.local_addr().unwrap();
-    let sink = Sink::default();
-    let pushes = sink.0.clone();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(
-                MetricsServiceServer::new(sink)
-                    .max_decoding_message_size(64 << 20)
-                    .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
-            )
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc)),
-    );
+    let (sink, grpc_addr) = CountingSink::start().await;
     let (http_addr, http_pushes) = http_sink().await;
+    let pushes = |protocol: &str| match protocol {
+        "grpc" => sink.pushes(),
+        _ => http_pushes.load(Ordering::Relaxed),
+    };
 
     println!("{series} series, bytes the exporter sent per push");
-    for (protocol, target, count) in
-        [("grpc", grpc_addr, pushes), ("http/protobuf", http_addr, http_pushes)]
-    {
+    for (protocol, target) in [("grpc", grpc_addr), ("http/protobuf", http_addr)] {
         for compression in ["none", "gzip"] {
             let (relay_addr, bytes) = relay(target).await;
             let endpoint = match protocol {
@@ -157,22 +130,19 @@ async fn main() {
                 .spawn()
                 .expect("the exporter starts");
             // Skip the first pushes (before data), then measure five.
-            let start = Instant::now();
-            while count.load(Ordering::Relaxed) < 3 && start.elapsed() < Duration::from_secs(30) {
+            let (start, before) = (Instant::now(), pushes(protocol));
+            while pushes(protocol) < before + 3 && start.elapsed() < Duration::from_secs(30) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            let (b0, n0) = (bytes.load(Ordering::Relaxed), count.load(Ordering::Relaxed));
-            while count.load(Ordering::Relaxed) < n0 + 5
-                && start.elapsed() < Duration::from_secs(60)
-            {
+            let (b0, n0) = (bytes.load(Ordering::Relaxed), pushes(protocol));
+            while pushes(protocol) < n0 + 5 && start.elapsed() < Duration::from_secs(60) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            let (b1, n1) = (bytes.load(Ordering::Relaxed), count.load(Ordering::Relaxed));
+            let (b1, n1) = (bytes.load(Ordering::Relaxed), pushes(protocol));
             let _ = child.kill();
             let _ = child.wait();
             let per_push = (b1 - b0) / (n1 - n0).max(1);
             println!("  {protocol:<14} compression={compression:<5} {per_push:>10} bytes per push");
-            count.store(0, Ordering::Relaxed);
         }
     }
 }
