@@ -32,7 +32,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram, Meter, ObservableCounter, ObservableGauge};
 
 use crate::scout::Reason;
-use crate::snapshot::{COMPLIANCE_RATIO, KNOWN_FAMILIES, Snapshot, Store, otel_name};
+use crate::snapshot::{COMPLIANCE_RATIO, KNOWN_FAMILIES, Skipped, Snapshot, Store, otel_name};
 
 /// Bucket bounds of the refresh duration histogram, in seconds: from a fast
 /// cached answer to the default 30 s timeout.
@@ -53,6 +53,8 @@ pub mod names {
     pub const REFRESH_ERRORS: &str = "scout.exporter.refresh.errors";
     /// Failed OTLP exports.
     pub const EXPORT_ERRORS: &str = "scout.exporter.export.errors";
+    /// Series of Scout's payload left out of the served data, by reason.
+    pub const SERIES_SKIPPED: &str = "scout.exporter.series.skipped";
 }
 
 /// Scout series one shard carries on average: one OTLP request of about
@@ -248,6 +250,35 @@ impl Instruments {
                                     obs.observe(
                                         snap.age(now).as_secs_f64(),
                                         std::slice::from_ref(org.org_attribute()),
+                                    );
+                                }
+                            }
+                        })
+                    })
+                    .build(),
+            );
+
+            let (s, h) = (store.clone(), health.clone());
+            up.push(
+                meter
+                    .u64_observable_gauge(names::SERIES_SKIPPED)
+                    .with_description(
+                        "Series of the organization's last good payload that are not \
+                         exported, by reason.",
+                    )
+                    .with_unit("{series}")
+                    .with_callback(move |obs| {
+                        guarded(&h, names::SERIES_SKIPPED, || {
+                            for org in s.orgs() {
+                                let Some(snap) = org.snapshot() else { continue };
+                                let counts = snap.skipped.series();
+                                for (reason, count) in Skipped::REASONS.iter().zip(counts) {
+                                    obs.observe(
+                                        count as u64,
+                                        &[
+                                            org.org_attribute().clone(),
+                                            KeyValue::new("reason", *reason),
+                                        ],
                                     );
                                 }
                             }

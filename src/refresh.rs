@@ -195,6 +195,13 @@ impl Refresher {
                 "more series than --max-series-per-metric allows; the rest are left out"
             );
         }
+        if s.foreign_families > 0 {
+            tracing::warn!(
+                org = %self.org,
+                families = s.foreign_families,
+                "families outside the scout_ namespace are left out"
+            );
+        }
         if !s.reserved_families.is_empty() {
             tracing::warn!(
                 org = %self.org,

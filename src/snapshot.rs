@@ -131,6 +131,34 @@ pub struct Skipped {
     pub foreign_families: usize,
     /// Families cut to `--max-series-per-metric`: name and series left out.
     pub over_limit: Vec<(String, usize)>,
+    /// Series of the unsupported, reserved and foreign families.
+    pub in_families_left_out: [usize; 3],
+}
+
+impl Skipped {
+    /// Reasons a series is left out, as the `reason` attribute of
+    /// `scout.exporter.series.skipped`, in the order of [`Skipped::series`].
+    pub const REASONS: [&'static str; 6] = [
+        "non_finite",
+        "duplicate",
+        "over_limit",
+        "unsupported_type",
+        "reserved_name",
+        "outside_namespace",
+    ];
+
+    /// Series left out, one count for each of [`Skipped::REASONS`].
+    pub fn series(&self) -> [usize; 6] {
+        let [unsupported, reserved, foreign] = self.in_families_left_out;
+        [
+            self.non_finite,
+            self.duplicates,
+            self.over_limit.iter().map(|(_, cut)| cut).sum(),
+            unsupported,
+            reserved,
+            foreign,
+        ]
+    }
 }
 
 /// One organization's data as of one good refresh.
@@ -157,6 +185,7 @@ impl Snapshot {
         for family in &exposition.families {
             if !family.name.starts_with("scout_") {
                 skipped.foreign_families += 1;
+                skipped.in_families_left_out[2] += family.samples.len();
                 continue;
             }
             if !matches!(family.kind, MetricKind::Gauge | MetricKind::Unknown) {
@@ -165,11 +194,13 @@ impl Snapshot {
                     family.name,
                     family.kind.as_str()
                 ));
+                skipped.in_families_left_out[0] += family.samples.len();
                 continue;
             }
             let otel = otel_name(&family.name);
             if is_reserved(&otel) {
                 skipped.reserved_families.push(family.name.clone());
+                skipped.in_families_left_out[1] += family.samples.len();
                 continue;
             }
             let mut seen: HashSet<&[Label]> = HashSet::with_capacity(family.samples.len());
@@ -447,6 +478,7 @@ mod tests {
         assert_eq!(vulns.series.iter().map(|s| s.value).collect::<Vec<_>>(), [1.0, 2.0]);
         assert_eq!(snap.family("scout.policy.evaluated.images").unwrap().series.len(), 1);
         assert_eq!(snap.skipped.over_limit, [("scout_stream_vulnerabilities".to_string(), 1)]);
+        assert_eq!(snap.skipped.series()[2], 1);
     }
 
     #[test]
@@ -497,6 +529,9 @@ mod tests {
         assert_eq!(snap.skipped.unsupported_families, vec!["scout_requests (counter)"]);
         assert_eq!(snap.skipped.reserved_families, vec!["scout_exporter_up"]);
         assert_eq!(snap.skipped.foreign_families, 1);
+        // non_finite, duplicate, over_limit, unsupported_type, reserved_name,
+        // outside_namespace
+        assert_eq!(snap.skipped.series(), [0, 0, 0, 1, 1, 1]);
     }
 
     #[test]
@@ -507,6 +542,7 @@ mod tests {
         assert_eq!(fam.series[0].value, 1.0);
         assert_eq!(snap.skipped.duplicates, 1);
         assert_eq!(snap.skipped.non_finite, 1);
+        assert_eq!(snap.skipped.series(), [1, 1, 0, 0, 0, 0]);
     }
 
     #[test]

@@ -419,6 +419,61 @@ async fn series_beyond_the_per_metric_limit_are_left_out_and_logged() {
     let log = exporter.log();
     assert!(log.contains("more series than --max-series-per-metric allows"), "{log}");
     assert!(log.contains("left_out=11") && log.contains("left_out=2"), "{log}");
+    // The compliance ratio is cut too: one series per evaluated series, as
+    // every evaluated count in this payload is above zero.
+    let cut: usize = SCOUT_FAMILIES
+        .iter()
+        .chain(&["scout_policy_evaluated_images"])
+        .map(|family| {
+            let prefix = format!("{family}{{");
+            body.lines().filter(|l| l.starts_with(&prefix)).count().saturating_sub(4)
+        })
+        .sum();
+    assert_eq!(skipped(&scraped, "acme", "over_limit"), Some(cut as f64));
+}
+
+/// `scout_exporter_series_skipped{org, reason}` in `series`, if present.
+fn skipped(series: &BTreeMap<SeriesKey, f64>, org: &str, reason: &str) -> Option<f64> {
+    let labels = [("org", org), ("reason", reason)].map(|(k, v)| (k.to_string(), v.to_string()));
+    series.get(&("scout_exporter_series_skipped".to_string(), labels.into())).copied()
+}
+
+#[tokio::test]
+async fn series_left_out_of_scouts_payload_are_counted_by_reason_in_both_outputs() {
+    let body = "scout_stream_vulnerabilities{streamName=\"prod\",severity=\"HIGH\"} 3\n\
+                scout_stream_vulnerabilities{streamName=\"prod\",severity=\"HIGH\"} 4\n\
+                scout_stream_vulnerabilities{streamName=\"prod\",severity=\"LOW\"} NaN\n\
+                scout_stream_vulnerabilities{streamName=\"prod\",severity=\"MEDIUM\"} +Inf\n\
+                # TYPE scout_scans counter\n\
+                scout_scans{streamName=\"prod\"} 12\n\
+                scout_scans{streamName=\"dev\"} 2\n\
+                scout_exporter_up 1\n\
+                go_goroutines 9\n";
+    let s = setup(&["acme"], "1h", |f| f.set_payload("acme", body.to_string())).await;
+    let scraped = wait_for_data(&s, "the Scout series that could be kept").await;
+    let want = [
+        ("non_finite", 2.0),
+        ("duplicate", 1.0),
+        ("over_limit", 0.0),
+        ("unsupported_type", 2.0),
+        ("reserved_name", 1.0),
+        ("outside_namespace", 1.0),
+    ];
+    for (reason, count) in want {
+        assert_eq!(skipped(&scraped, "acme", reason), Some(count), "{reason} on /metrics");
+    }
+    let vulns = only(&scraped, "scout_stream_vulnerabilities");
+    assert_eq!(vulns.into_values().collect::<Vec<_>>(), [3.0], "the first of a repeated series");
+
+    let pushed = eventually(Duration::from_secs(15), "the skipped series pushed", || async {
+        s.sink.latest().filter(|p| p.keys().any(|(n, _)| n == "scout.exporter.series.skipped"))
+    })
+    .await;
+    let pushed: BTreeMap<SeriesKey, f64> =
+        pushed.into_iter().map(|((n, l), v)| ((prom_name(&n), l), v)).collect();
+    for (reason, count) in want {
+        assert_eq!(skipped(&pushed, "acme", reason), Some(count), "{reason} over OTLP");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
