@@ -14,10 +14,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use hashbrown::HashSet;
+use hashbrown::{HashSet, HashTable};
 use opentelemetry::{Key, KeyValue, Value};
 
-use crate::parse::{Exposition, Label, MetricKind};
+use crate::parse::{Exposition, Label, MetricKind, Sample};
 use crate::scout::Reason;
 
 /// The label every series carries: the Docker organization.
@@ -57,6 +57,80 @@ pub const KNOWN_FAMILIES: [KnownFamily; 3] = [
     },
 ];
 
+/// Families with at least this many samples are built on several threads.
+const PARALLEL_FROM: usize = 8_192;
+
+/// The series of one family, in payload order: the first of repeated
+/// series counts, and series with NaN or infinite values are left out.
+/// Large families are converted on every core (a refresh is the only busy
+/// moment of the exporter, and the organization is served only once it is
+/// done); the check for repeats then runs over the finished series.
+fn family_series(samples: &[Sample], org_attr: &KeyValue, skipped: &mut Skipped) -> Vec<Series> {
+    let convert = |chunk: &[Sample]| -> Vec<Series> {
+        chunk.iter().map(|sample| series_of(sample, org_attr)).collect()
+    };
+    let threads = if samples.len() < PARALLEL_FROM {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+    };
+    let all: Vec<Series> = if threads == 1 {
+        convert(samples)
+    } else {
+        let chunk = samples.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let parts: Vec<_> =
+                samples.chunks(chunk).map(|part| scope.spawn(move || convert(part))).collect();
+            let mut all = Vec::with_capacity(samples.len());
+            for part in parts {
+                // A panic in a conversion is a bug; surface it as one.
+                all.extend(part.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+            }
+            all
+        })
+    };
+
+    let mut seen: HashTable<usize> = HashTable::with_capacity(all.len());
+    let mut keep = vec![false; all.len()];
+    for (i, series) in all.iter().enumerate() {
+        let same = |&j: &usize| all[j].attributes == series.attributes;
+        if seen.find(series.shard_key, same).is_some() {
+            skipped.duplicates += 1;
+            continue;
+        }
+        seen.insert_unique(series.shard_key, i, |&j| all[j].shard_key);
+        if series.value.is_finite() {
+            keep[i] = true;
+        } else {
+            skipped.non_finite += 1;
+        }
+    }
+    drop(seen);
+    let kept = keep.iter().filter(|&&k| k).count();
+    if kept == all.len() {
+        return all;
+    }
+    let mut series = Vec::with_capacity(kept);
+    series.extend(all.into_iter().zip(keep).filter_map(|(s, k)| k.then_some(s)));
+    series
+}
+
+/// One sample as a series: `org` and Scout's labels (one named `org`
+/// renamed to `exported_org`), sorted by key.
+fn series_of(sample: &Sample, org_attr: &KeyValue) -> Series {
+    let mut attributes = Vec::with_capacity(sample.labels.len() + 1);
+    attributes.push(org_attr.clone());
+    for label in sample.labels.iter() {
+        let key: Key = if &*label.name == ORG_LABEL {
+            Key::from_static_str(EXPORTED_ORG_LABEL)
+        } else {
+            Key::from(label.name.clone())
+        };
+        attributes.push(KeyValue::new(key, Value::String(label.value.clone().into())));
+    }
+    Series::new(attributes, sample.value)
+}
+
 /// The derived family: compliant over evaluated images, per policy/stream.
 pub const COMPLIANCE_RATIO: &str = "scout.policy.compliance";
 
@@ -73,6 +147,9 @@ pub fn otel_name(prometheus_name: &str) -> String {
 fn is_reserved(otel: &str) -> bool {
     otel == COMPLIANCE_RATIO || otel.starts_with("scout.exporter.")
 }
+
+/// Seed of the hash that gives each series its [`Series::shard_key`].
+const SHARD_SEED: u64 = 0x5c07_e4b0_12c3_9d61;
 
 /// One series of a family: its attributes (sorted by key) and value.
 #[derive(Clone, Debug)]
@@ -92,9 +169,10 @@ impl Series {
     /// sorted sets cost each pipeline half the memory and no sort per
     /// observation. Both outputs order labels themselves.
     fn new(mut attributes: Vec<KeyValue>, value: f64) -> Series {
-        use std::hash::{Hash, Hasher};
+        use std::hash::{BuildHasher, Hash, Hasher};
         attributes.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-        let mut hasher = std::hash::DefaultHasher::new();
+        // A fixed seed: a series keeps its shard from one refresh to the next.
+        let mut hasher = foldhash::quality::FixedState::with_seed(SHARD_SEED).build_hasher();
         for kv in &attributes {
             kv.key.as_str().hash(&mut hasher);
             kv.value.as_str().hash(&mut hasher);
@@ -203,29 +281,7 @@ impl Snapshot {
                 skipped.in_families_left_out[1] += family.samples.len();
                 continue;
             }
-            let mut seen: HashSet<&[Label]> = HashSet::with_capacity(family.samples.len());
-            let mut series = Vec::with_capacity(family.samples.len());
-            for sample in &family.samples {
-                if !seen.insert(&sample.labels) {
-                    skipped.duplicates += 1;
-                    continue;
-                }
-                if !sample.value.is_finite() {
-                    skipped.non_finite += 1;
-                    continue;
-                }
-                let mut attributes = Vec::with_capacity(sample.labels.len() + 1);
-                attributes.push(org_attr.clone());
-                for label in sample.labels.iter() {
-                    let key: Key = if &*label.name == ORG_LABEL {
-                        Key::from_static_str(EXPORTED_ORG_LABEL)
-                    } else {
-                        Key::from(label.name.clone())
-                    };
-                    attributes.push(KeyValue::new(key, Value::String(label.value.clone().into())));
-                }
-                series.push(Series::new(attributes, sample.value));
-            }
+            let series = family_series(&family.samples, &org_attr, &mut skipped);
             families.push(ExportedFamily {
                 otel_name: Arc::from(otel),
                 prometheus_name: Arc::from(family.name.as_str()),
@@ -532,6 +588,25 @@ mod tests {
         // non_finite, duplicate, over_limit, unsupported_type, reserved_name,
         // outside_namespace
         assert_eq!(snap.skipped.series(), [0, 0, 0, 1, 1, 1]);
+    }
+
+    #[test]
+    fn a_family_built_on_several_threads_keeps_payload_order_and_finds_repeats_across_parts() {
+        let n = 2 * PARALLEL_FROM;
+        let mut body: String =
+            (0..n).map(|i| format!("scout_x{{stream=\"s{i:05}\"}} {i}\n")).collect();
+        // Repeats of the first and a middle series, at the far end of the
+        // payload, and labels written in another order: the first counts.
+        body.push_str("scout_x{stream=\"s00000\"} -1\n");
+        body.push_str(&format!("scout_x{{stream=\"s{:05}\"}} -1\n", n / 2));
+        body.push_str("scout_x{b=\"2\",a=\"1\"} 7\nscout_x{a=\"1\",b=\"2\"} -1\n");
+        body.push_str("scout_x{stream=\"nan\"} NaN\n");
+        let snap = snapshot(&body);
+        let values: Vec<f64> =
+            snap.family("scout.x").unwrap().series.iter().map(|s| s.value).collect();
+        let want: Vec<f64> = (0..n).map(|i| i as f64).chain([7.0]).collect();
+        assert_eq!(values, want);
+        assert_eq!((snap.skipped.duplicates, snap.skipped.non_finite), (3, 1));
     }
 
     #[test]
