@@ -44,7 +44,8 @@ const WARM_UP: Duration = Duration::from_secs(10);
 /// One situation to measure.
 struct Case {
     name: &'static str,
-    target_mib: f64,
+    /// The target, in decimal megabytes.
+    target_mb: f64,
     /// Series in the organization; `None` runs `--demo`.
     series: Option<usize>,
     refresh: &'static str,
@@ -179,17 +180,17 @@ async fn main() {
     let otlp = format!("http://{sink_addr}");
 
     let cases = [
-        Case { name: "--demo, idle", target_mib: 16.0, series: None, refresh: "", busy: false },
+        Case { name: "--demo, idle", target_mb: 16.0, series: None, refresh: "", busy: false },
         Case {
             name: "10,000 series, refresh 1 s",
-            target_mib: 64.0,
+            target_mb: 64.0,
             series: Some(10_000),
             refresh: "1s",
             busy: true,
         },
         Case {
             name: "100,000 series, refresh 5 s",
-            target_mib: 512.0,
+            target_mb: 512.0,
             series: Some(100_000),
             refresh: "5s",
             busy: true,
@@ -216,16 +217,16 @@ async fn main() {
         last.sort_unstable();
         let drift = |of: fn(&[u64]) -> u64| (of(&last) as f64 - of(&first) as f64) / MIB;
         let largest = |v: &[u64]| v.last().copied().unwrap_or(0);
-        let target = case.target_mib * MIB;
+        let target = case.target_mb * 1e6;
         println!(
-            "{:<28} {:>6.1}MiB {:>6.1}MiB {:>6.1}MiB {:>+5.1}/{:<+5.1} {:>4}MiB {:>6.2} {:>7} {:>14}",
+            "{:<28} {:>6.1}MiB {:>6.1}MiB {:>6.1}MiB {:>+5.1}/{:<+5.1} {:>5}MB {:>6.2} {:>7} {:>14}",
             case.name,
             median(&sorted) as f64 / MIB,
             largest(&sorted) as f64 / MIB,
             s.high_water as f64 / MIB,
             drift(median),
             drift(largest),
-            case.target_mib,
+            case.target_mb,
             s.high_water as f64 / target,
             if s.failed_scrapes > 0 {
                 format!("{}!{}", s.scrapes, s.failed_scrapes)
