@@ -144,7 +144,7 @@ pub struct Instruments {
     // Handles are kept so the instruments live as long as the exporter.
     gauges: Mutex<Vec<ObservableGauge<f64>>>,
     _counters: Vec<ObservableCounter<u64>>,
-    _up: Vec<ObservableGauge<u64>>,
+    _whole_gauges: Vec<ObservableGauge<u64>>,
 }
 
 impl std::fmt::Debug for Instruments {
@@ -168,7 +168,7 @@ impl Instruments {
     ) -> Instruments {
         let mut durations = Vec::new();
         let mut counters = Vec::new();
-        let mut up = Vec::new();
+        let mut whole_gauges = Vec::new();
         let mut gauges = Vec::new();
         let count = |side| meters.iter().filter(|(_, r)| r.side() == side).count();
         let (pull_shards, push_shards) = (count(Side::Pull), count(Side::Push));
@@ -188,7 +188,7 @@ impl Instruments {
             );
 
             let (s, h) = (store.clone(), health.clone());
-            up.push(
+            whole_gauges.push(
                 meter
                     .u64_observable_gauge(names::UP)
                     .with_description(
@@ -259,7 +259,7 @@ impl Instruments {
             );
 
             let (s, h) = (store.clone(), health.clone());
-            up.push(
+            whole_gauges.push(
                 meter
                     .u64_observable_gauge(names::SERIES_SKIPPED)
                     .with_description(
@@ -336,7 +336,7 @@ impl Instruments {
             durations,
             gauges: Mutex::new(gauges),
             _counters: counters,
-            _up: up,
+            _whole_gauges: whole_gauges,
         };
         for known in KNOWN_FAMILIES {
             instruments.register_family(
