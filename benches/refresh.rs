@@ -22,7 +22,7 @@ fn refresh(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::from_parameter(series), &body, |b, body| {
             b.iter(|| {
                 let e = parse(body.as_bytes(), Format::Prometheus, &Limits::default()).unwrap();
-                Snapshot::build("acme", &e, SystemTime::now())
+                Snapshot::build("acme", e, SystemTime::now())
             })
         });
     }

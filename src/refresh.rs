@@ -169,15 +169,13 @@ impl Refresher {
         tokio::task::spawn_blocking(move || {
             let exposition = parse(&fetched.body, fetched.format, &limits)
                 .map_err(|e| FetchError::new(Reason::InvalidPayload, e.to_string()))?;
-            let mut snapshot = Snapshot::build(&org, &exposition, fetched_at);
-            snapshot.keep_at_most(max_series);
             let bytes = fetched.body.len();
-            // Freeing the payload and its parse takes a few milliseconds
-            // at 100,000 series; the snapshot need not wait for it.
-            tokio::task::spawn_blocking(move || {
-                drop((exposition, fetched));
-                crate::memory::release_free_memory();
-            });
+            drop(fetched);
+            let mut snapshot = Snapshot::build(&org, exposition, fetched_at);
+            snapshot.keep_at_most(max_series);
+            // Handing freed pages back takes a few milliseconds at 100,000
+            // series; the snapshot need not wait for it.
+            tokio::task::spawn_blocking(crate::memory::release_free_memory);
             Ok((snapshot, bytes))
         })
         .await

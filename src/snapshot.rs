@@ -65,9 +65,9 @@ const PARALLEL_FROM: usize = 8_192;
 /// Large families are converted on every core (a refresh is the only busy
 /// moment of the exporter, and the organization is served only once it is
 /// done); the check for repeats then runs over the finished series.
-fn family_series(samples: &[Sample], org_attr: &KeyValue, skipped: &mut Skipped) -> Vec<Series> {
-    let convert = |chunk: &[Sample]| -> Vec<Series> {
-        chunk.iter().map(|sample| series_of(sample, org_attr)).collect()
+fn family_series(samples: Vec<Sample>, org_attr: &KeyValue, skipped: &mut Skipped) -> Vec<Series> {
+    let convert = |part: Vec<Sample>| -> Vec<Series> {
+        part.into_iter().map(|sample| series_of(sample, org_attr)).collect()
     };
     let threads = if samples.len() < PARALLEL_FROM {
         1
@@ -77,11 +77,21 @@ fn family_series(samples: &[Sample], org_attr: &KeyValue, skipped: &mut Skipped)
     let all: Vec<Series> = if threads == 1 {
         convert(samples)
     } else {
-        let chunk = samples.len().div_ceil(threads);
+        let total = samples.len();
+        let chunk = total.div_ceil(threads);
+        // Owned parts, last first, so that each thread frees the samples
+        // it converted and the memory is reused as it goes.
+        let mut rest = samples;
+        let mut parts = Vec::with_capacity(threads);
+        while rest.len() > chunk {
+            parts.push(rest.split_off(rest.len() - chunk));
+        }
+        parts.push(rest);
+        parts.reverse();
         std::thread::scope(|scope| {
             let parts: Vec<_> =
-                samples.chunks(chunk).map(|part| scope.spawn(move || convert(part))).collect();
-            let mut all = Vec::with_capacity(samples.len());
+                parts.into_iter().map(|part| scope.spawn(move || convert(part))).collect();
+            let mut all = Vec::with_capacity(total);
             for part in parts {
                 // A panic in a conversion is a bug; surface it as one.
                 all.extend(part.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
@@ -117,16 +127,16 @@ fn family_series(samples: &[Sample], org_attr: &KeyValue, skipped: &mut Skipped)
 
 /// One sample as a series: `org` and Scout's labels (one named `org`
 /// renamed to `exported_org`), sorted by key.
-fn series_of(sample: &Sample, org_attr: &KeyValue) -> Series {
+fn series_of(sample: Sample, org_attr: &KeyValue) -> Series {
     let mut attributes = Vec::with_capacity(sample.labels.len() + 1);
     attributes.push(org_attr.clone());
-    for label in sample.labels.iter() {
-        let key: Key = if &*label.name == ORG_LABEL {
+    for Label { name, value } in sample.labels.into_vec() {
+        let key: Key = if &*name == ORG_LABEL {
             Key::from_static_str(EXPORTED_ORG_LABEL)
         } else {
-            Key::from(label.name.clone())
+            Key::from(name)
         };
-        attributes.push(KeyValue::new(key, Value::String(label.value.clone().into())));
+        attributes.push(KeyValue::new(key, Value::String(value.into())));
     }
     Series::new(attributes, sample.value)
 }
@@ -253,14 +263,17 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds a snapshot from a parsed payload.
-    pub fn build(org: &str, exposition: &Exposition, fetched_at: SystemTime) -> Snapshot {
+    /// Builds a snapshot from a parsed payload, taking it apart: its label
+    /// strings move into the snapshot instead of being shared with it.
+    pub fn build(org: &str, exposition: Exposition, fetched_at: SystemTime) -> Snapshot {
         let org: Arc<str> = Arc::from(org);
         let org_attr = KeyValue::new(ORG_LABEL, Value::String(org.clone().into()));
         let mut skipped = Skipped::default();
         let mut families: Vec<ExportedFamily> = Vec::new();
+        // Computed first, while the policy families are still whole.
+        let ratio = compliance_ratio(&exposition, &org_attr);
 
-        for family in &exposition.families {
+        for family in exposition.families {
             if !family.name.starts_with("scout_") {
                 skipped.foreign_families += 1;
                 skipped.in_families_left_out[2] += family.samples.len();
@@ -281,16 +294,16 @@ impl Snapshot {
                 skipped.in_families_left_out[1] += family.samples.len();
                 continue;
             }
-            let series = family_series(&family.samples, &org_attr, &mut skipped);
+            let series = family_series(family.samples, &org_attr, &mut skipped);
             families.push(ExportedFamily {
                 otel_name: Arc::from(otel),
                 prometheus_name: Arc::from(family.name.as_str()),
-                help: family.help.clone(),
+                help: family.help,
                 series,
             });
         }
 
-        if let Some(ratio) = compliance_ratio(exposition, &org_attr) {
+        if let Some(ratio) = ratio {
             families.push(ratio);
         }
         Snapshot { org, fetched_at, families, skipped }
@@ -512,7 +525,7 @@ mod tests {
 
     fn snapshot(body: &str) -> Snapshot {
         let e = parse(body.as_bytes(), Format::Prometheus, &Limits::default()).unwrap();
-        Snapshot::build("acme", &e, SystemTime::now())
+        Snapshot::build("acme", e, SystemTime::now())
     }
 
     fn attrs(s: &Series) -> Vec<(String, String)> {
