@@ -126,6 +126,14 @@ async fn measure(
     let pid = child.id();
     let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let url = format!("http://127.0.0.1:{port}/metrics");
+    // Scrapes start once the exporter listens, so that a failed scrape
+    // means a failure and not an early start.
+    let healthz = format!("http://127.0.0.1:{port}/healthz");
+    let listening = Instant::now();
+    while client.get(&healthz).send().await.is_err() {
+        assert!(listening.elapsed() < Duration::from_secs(10), "the exporter does not listen");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let (scrapes, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let scraper = case.busy.then(|| {
         let (scrapes, failed) = (scrapes.clone(), failed.clone());
