@@ -7,6 +7,12 @@
 //! snapshot without locking and without waiting for a refresh in progress.
 //! A failed refresh never touches the snapshot; it only updates the
 //! organization's status and error counts.
+//!
+//! Building is the exporter's one burst of work, and an organization is
+//! served only once it is done, so it is kept short: the parsed payload is
+//! taken apart (label strings move into the snapshot), families of
+//! 8,192 series or more are converted on every core, and each
+//! series is one allocation, its attributes sorted once for the SDK.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
