@@ -134,9 +134,15 @@ fn family_series(samples: Vec<Sample>, org_attr: &KeyValue, skipped: &mut Skippe
 /// One sample as a series: `org` and Scout's labels (one named `org`
 /// renamed to `exported_org`), sorted by key.
 fn series_of(sample: Sample, org_attr: &KeyValue) -> Series {
-    let mut attributes = Vec::with_capacity(sample.labels.len() + 1);
+    Series::new(attributes(org_attr, sample.labels.into_vec().into_iter()), sample.value)
+}
+
+/// `org` followed by Scout's labels, a label named `org` renamed to
+/// `exported_org` so that it cannot hide ours.
+fn attributes(org_attr: &KeyValue, labels: impl ExactSizeIterator<Item = Label>) -> Vec<KeyValue> {
+    let mut attributes = Vec::with_capacity(labels.len() + 1);
     attributes.push(org_attr.clone());
-    for Label { name, value } in sample.labels.into_vec() {
+    for Label { name, value } in labels {
         let key: Key = if &*name == ORG_LABEL {
             Key::from_static_str(EXPORTED_ORG_LABEL)
         } else {
@@ -144,7 +150,7 @@ fn series_of(sample: Sample, org_attr: &KeyValue) -> Series {
         };
         attributes.push(KeyValue::new(key, Value::String(value.into())));
     }
-    Series::new(attributes, sample.value)
+    attributes
 }
 
 /// The derived family: compliant over evaluated images, per policy/stream.
@@ -381,14 +387,7 @@ fn compliance_ratio(exposition: &Exposition, org_attr: &KeyValue) -> Option<Expo
         if !total.is_finite() || total <= 0.0 || !s.value.is_finite() {
             continue;
         }
-        let mut attributes = Vec::with_capacity(s.labels.len() + 1);
-        attributes.push(org_attr.clone());
-        for label in s.labels.iter() {
-            attributes.push(KeyValue::new(
-                Key::from(label.name.clone()),
-                Value::String(label.value.clone().into()),
-            ));
-        }
+        let attributes = attributes(org_attr, s.labels.iter().cloned());
         series.push(Series::new(attributes, (s.value / total).clamp(0.0, 1.0)));
     }
     Some(ExportedFamily {
@@ -573,6 +572,19 @@ mod tests {
             ]
         );
         assert_eq!(fam.series[0].value, 4.0);
+    }
+
+    #[test]
+    fn a_scout_label_named_org_is_renamed_in_every_family_and_the_ratio() {
+        let snap = snapshot(
+            "scout_policy_compliant_images{id=\"p\",org=\"team\",streamName=\"a\"} 1\n\
+             scout_policy_evaluated_images{id=\"p\",org=\"team\",streamName=\"a\"} 2\n",
+        );
+        for name in ["scout.policy.compliant.images", COMPLIANCE_RATIO] {
+            let keys: Vec<String> =
+                attrs(&snap.family(name).unwrap().series[0]).into_iter().map(|(k, _)| k).collect();
+            assert_eq!(keys, ["exported_org", "id", "org", "streamName"], "{name}");
+        }
     }
 
     #[test]
