@@ -80,7 +80,7 @@ fn family_series(samples: Vec<Sample>, org_attr: &KeyValue, skipped: &mut Skippe
     } else {
         std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
     };
-    let all: Vec<Series> = if threads == 1 {
+    let mut all: Vec<Series> = if threads == 1 {
         convert(samples)
     } else {
         let total = samples.len();
@@ -122,13 +122,10 @@ fn family_series(samples: Vec<Sample>, org_attr: &KeyValue, skipped: &mut Skippe
         }
     }
     drop(seen);
-    let kept = keep.iter().filter(|&&k| k).count();
-    if kept == all.len() {
-        return all;
-    }
-    let mut series = Vec::with_capacity(kept);
-    series.extend(all.into_iter().zip(keep).filter_map(|(s, k)| k.then_some(s)));
-    series
+    let mut keep = keep.into_iter();
+    // `retain` visits the series once each, in order.
+    all.retain(|_| keep.next().unwrap_or(false));
+    all
 }
 
 /// One sample as a series: `org` and Scout's labels (one named `org`
@@ -231,8 +228,12 @@ pub struct Skipped {
     pub foreign_families: usize,
     /// Families cut to `--max-series-per-metric`: name and series left out.
     pub over_limit: Vec<(String, usize)>,
-    /// Series of the unsupported, reserved and foreign families.
-    pub in_families_left_out: [usize; 3],
+    /// Series of the unsupported families.
+    pub unsupported_series: usize,
+    /// Series of the reserved families.
+    pub reserved_series: usize,
+    /// Series of the families outside the `scout_` namespace.
+    pub foreign_series: usize,
 }
 
 impl Skipped {
@@ -249,14 +250,13 @@ impl Skipped {
 
     /// Series left out, one count for each of [`Skipped::REASONS`].
     pub fn series(&self) -> [usize; 6] {
-        let [unsupported, reserved, foreign] = self.in_families_left_out;
         [
             self.non_finite,
             self.duplicates,
             self.over_limit.iter().map(|(_, cut)| cut).sum(),
-            unsupported,
-            reserved,
-            foreign,
+            self.unsupported_series,
+            self.reserved_series,
+            self.foreign_series,
         ]
     }
 }
@@ -288,7 +288,7 @@ impl Snapshot {
         for family in exposition.families {
             if !family.name.starts_with("scout_") {
                 skipped.foreign_families += 1;
-                skipped.in_families_left_out[2] += family.samples.len();
+                skipped.foreign_series += family.samples.len();
                 continue;
             }
             if !matches!(family.kind, MetricKind::Gauge | MetricKind::Unknown) {
@@ -297,13 +297,13 @@ impl Snapshot {
                     family.name,
                     family.kind.as_str()
                 ));
-                skipped.in_families_left_out[0] += family.samples.len();
+                skipped.unsupported_series += family.samples.len();
                 continue;
             }
             let otel = otel_name(&family.name);
             if is_reserved(&otel) {
                 skipped.reserved_families.push(family.name.clone());
-                skipped.in_families_left_out[1] += family.samples.len();
+                skipped.reserved_series += family.samples.len();
                 continue;
             }
             let series = family_series(family.samples, &org_attr, &mut skipped);
