@@ -112,15 +112,14 @@ impl Refresher {
     /// One attempt: fetch, parse, publish or count the failure.
     pub async fn refresh_once(&self) -> Result<Refreshed, FetchError> {
         let started = Instant::now();
-        let mut fetched_in = Duration::ZERO;
-        let result = self.fetch_and_build(&mut fetched_in).await;
+        let result = self.fetch_and_build().await;
         let elapsed = started.elapsed();
         let org = self.store.org(self.index);
         if let Some(instruments) = &self.instruments {
             instruments.record_refresh(org.org_attribute(), elapsed);
         }
         match result {
-            Ok((snapshot, bytes)) => {
+            Ok((snapshot, bytes, fetched_in)) => {
                 self.report_skipped(&snapshot);
                 let fitting = Instant::now();
                 if let Some(instruments) = &self.instruments {
@@ -151,18 +150,16 @@ impl Refresher {
         }
     }
 
-    /// Fetches and parses; `fetched_in` is set to the time the fetch took.
-    async fn fetch_and_build(
-        &self,
-        fetched_in: &mut Duration,
-    ) -> Result<(Snapshot, usize), FetchError> {
+    /// Fetches and parses: the snapshot, the payload's size and the time
+    /// the fetch took.
+    async fn fetch_and_build(&self) -> Result<(Snapshot, usize, Duration), FetchError> {
         let started = Instant::now();
         let token = self
             .token
             .current()
             .map_err(|e| FetchError::new(Reason::Unauthorized, e.to_string()))?;
         let fetched = self.client.fetch(&self.org, &token).await?;
-        *fetched_in = started.elapsed();
+        let fetched_in = started.elapsed();
         let fetched_at = SystemTime::now();
         let (org, limits) = (self.org.clone(), self.limits.clone());
         let max_series = self.max_series_per_metric;
@@ -176,7 +173,7 @@ impl Refresher {
             // Handing freed pages back takes a few milliseconds at 100,000
             // series; the snapshot need not wait for it.
             tokio::task::spawn_blocking(crate::memory::release_free_memory);
-            Ok((snapshot, bytes))
+            Ok((snapshot, bytes, fetched_in))
         })
         .await
         .unwrap_or_else(|e| {
